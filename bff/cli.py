@@ -1,0 +1,152 @@
+"""The ``bff`` command: ``serve``, ``emulator``, ``demo`` and ``check``.
+
+Configuration problems end the process with one line naming the variable, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import typing as t
+
+from .settings import ConfigError, Settings
+
+__all__ = ["main"]
+
+
+def _fail(message: str, code: int = 2) -> t.NoReturn:
+    print(f"bff: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    """Production serving through gunicorn (gthread workers: the proxy waits on I/O)."""
+    from gunicorn.app.base import BaseApplication
+
+    try:
+        settings = Settings.from_env()
+        if settings.session_store is None:
+            raise ConfigError("BFF_SESSION_STORE", "is required but not set")
+        from .app import create_app
+
+        create_app(settings)  # fail fast in the master, before any worker starts
+    except ConfigError as error:
+        _fail(str(error))
+
+    options: dict[str, t.Any] = {
+        "bind": f"{args.host}:{args.port}",
+        "workers": args.workers,
+        "worker_class": "gthread",
+        "threads": args.threads,
+        "timeout": 60,
+        "graceful_timeout": 20,
+        "keepalive": 5,
+        # The path only: query strings (login codes, states) never reach the access log.
+        "accesslog": "-" if args.access_log else None,
+        "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms',
+        "control_socket_disable": True,
+        "proc_name": "bff",
+    }
+
+    class _Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in options.items():
+                if value is not None:
+                    self.cfg.set(key, value)
+
+        def load(self) -> t.Any:
+            from .app import create_app
+
+            return create_app(settings)
+
+    _Server().run()
+
+
+def _emulator(args: argparse.Namespace) -> None:
+    from .emulator.server import run
+
+    try:
+        run(args.host, args.port)
+    except ConfigError as error:
+        _fail(str(error))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(host=args.host, port=args.port, emulator_port=args.emulator_port)
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Validate configuration, reach the IdP's discovery document, ping the store."""
+    problems: list[str] = []
+    try:
+        settings = Settings.from_env()
+    except ConfigError as error:
+        _fail(str(error), 1)
+    from .clock import SystemClock
+    from .errors import Problem
+    from .oidc import Provider
+
+    try:
+        Provider(settings, SystemClock()).metadata()
+    except Problem as problem:
+        problems.append(f"BFF_ISSUER_URL: {problem.detail}")
+    if settings.session_store is None:
+        problems.append("BFF_SESSION_STORE: is required but not set")
+    else:
+        from .store import open_store
+
+        try:
+            store = open_store(settings.session_store)
+            store.ping()
+            store.close()
+        except (ValueError, Problem) as error:
+            detail = error.detail if isinstance(error, Problem) else str(error)
+            problems.append(f"BFF_SESSION_STORE: {detail}")
+    try:
+        from .proxy.routes import RouteTable
+
+        RouteTable.from_config(settings.proxy_routes)
+    except ValueError as error:
+        problems.append(f"BFF_PROXY_ROUTES: {error}")
+    for problem_line in problems:
+        print(problem_line, file=sys.stderr)
+    if problems:
+        raise SystemExit(1)
+    print("configuration ok")
+
+
+def main(argv: t.Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bff", description="Backend-for-frontend for SPAs on Auth0.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the BFF with gunicorn")
+    serve.add_argument("--host", default=os.environ.get("BFF_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("BFF_PORT", "8000")))
+    serve.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    serve.add_argument("--threads", type=int, default=16)
+    serve.add_argument("--access-log", action="store_true", help="log each request's method and path")
+    serve.set_defaults(handler=_serve)
+
+    emulator = commands.add_parser("emulator", help="run the local Auth0 emulator")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=9000)
+    emulator.set_defaults(handler=_emulator)
+
+    demo = commands.add_parser("demo", help="run the emulator, the BFF and the demo SPA on loopback")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--emulator-port", type=int, default=0)
+    demo.set_defaults(handler=_demo)
+
+    check = commands.add_parser("check", help="validate configuration and reach the IdP and the store")
+    check.set_defaults(handler=_check)
+
+    args = parser.parse_args(argv)
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""The OpenID provider as the BFF sees it: discovery, JWKS, authorization URLs, ID tokens.
+
+Discovery and JWKS are fetched lazily, cached, and refreshed: JWKS again when a token names an
+unknown ``kid`` (key rotation), at most once a minute so a forged ``kid`` cannot make the BFF
+hammer the IdP. ID tokens are validated in full (signature, ``iss``, ``aud``/``azp``, ``exp``,
+``iat``, ``nonce``) before anything from them is trusted.
+"""
+
+from __future__ import annotations
+
+import threading
+import typing as t
+from urllib.parse import urlencode
+
+import requests
+from authlib.common.security import generate_token
+from authlib.integrations.requests_client import OAuth2Session
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from joserfc.jwt import JWTClaimsRegistry
+
+from .clock import Clock
+from .errors import Problem
+from .settings import Settings
+
+__all__ = ["AuthorizationRequest", "Provider"]
+
+_METADATA_TTL = 3600.0
+_JWKS_MIN_INTERVAL = 60.0
+_CLOCK_SKEW = 60
+
+
+class AuthorizationRequest(t.NamedTuple):
+    url: str
+    state: str
+    nonce: str
+    code_verifier: str
+
+
+def _idp_unavailable(detail: str) -> Problem:
+    return Problem(502, "idp-unavailable", "Identity provider unavailable", detail)
+
+
+class Provider:
+    """Cached view of the IdP; one per app, thread-safe."""
+
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._http = requests.Session()
+        self._lock = threading.Lock()
+        self._metadata: dict[str, t.Any] | None = None
+        self._metadata_at = 0.0
+        self._jwks: KeySet | None = None
+        self._jwks_at = 0.0
+
+    # Discovery -------------------------------------------------------------------------------
+
+    def metadata(self) -> dict[str, t.Any]:
+        """The discovery document; raises a 502 problem when the IdP cannot be reached."""
+        with self._lock:
+            if self._metadata is not None and self._clock.now() - self._metadata_at < _METADATA_TTL:
+                return self._metadata
+        url = self._settings.issuer_url + ".well-known/openid-configuration"
+        document = self._get_json(url, "discovery document")
+        if document.get("issuer") != self._settings.issuer_url:
+            raise _idp_unavailable(
+                f"The discovery document names issuer {document.get('issuer')!r}, "
+                f"not BFF_ISSUER_URL {self._settings.issuer_url!r}."
+            )
+        with self._lock:
+            self._metadata = document
+            self._metadata_at = self._clock.now()
+        return document
+
+    def endpoint(self, name: str) -> str:
+        value = self.metadata().get(name)
+        if not isinstance(value, str) or not value:
+            raise _idp_unavailable(f"The discovery document has no {name}.")
+        return value
+
+    def _get_json(self, url: str, what: str) -> dict[str, t.Any]:
+        try:
+            response = self._http.get(url, timeout=self._settings.token_timeout)
+            response.raise_for_status()
+            document = response.json()
+        except (requests.RequestException, ValueError) as error:
+            raise _idp_unavailable(f"Could not fetch the {what} ({type(error).__name__}).") from error
+        if not isinstance(document, dict):
+            raise _idp_unavailable(f"The {what} is not a JSON object.")
+        return document
+
+    def _keys(self, *, refresh: bool) -> KeySet:
+        with self._lock:
+            fresh_enough = self._clock.now() - self._jwks_at < _JWKS_MIN_INTERVAL
+            if self._jwks is not None and (not refresh or fresh_enough):
+                return self._jwks
+        document = self._get_json(self.endpoint("jwks_uri"), "JWKS")
+        try:
+            keys = KeySet.import_key_set(t.cast(t.Any, document))
+        except (JoseError, ValueError, KeyError) as error:
+            raise _idp_unavailable("The JWKS could not be parsed.") from error
+        with self._lock:
+            self._jwks = keys
+            self._jwks_at = self._clock.now()
+        return keys
+
+    # Authorization ---------------------------------------------------------------------------
+
+    def authorization_request(self, extra: t.Mapping[str, str]) -> AuthorizationRequest:
+        """A code + PKCE (S256) authorization URL with fresh ``state`` and ``nonce``."""
+        code_verifier = generate_token(64)
+        nonce = generate_token(32)
+        client = OAuth2Session(
+            self._settings.client_id,
+            scope=extra.get("scope", self._settings.scopes),
+            redirect_uri=self._settings.redirect_uri,
+            code_challenge_method="S256",
+        )
+        params = {key: value for key, value in extra.items() if key != "scope"}
+        if self._settings.audience and "audience" not in params:
+            params["audience"] = self._settings.audience
+        url, state = client.create_authorization_url(
+            self.endpoint("authorization_endpoint"), code_verifier=code_verifier, nonce=nonce, **params
+        )
+        return AuthorizationRequest(url=url, state=state, nonce=nonce, code_verifier=code_verifier)
+
+    def logout_url(self, id_token: str | None) -> str:
+        """RP-initiated logout at the IdP (``/oidc/logout``), returning to the SPA's root."""
+        endpoint = self.metadata().get("end_session_endpoint") or self._settings.issuer_url + "oidc/logout"
+        params = {
+            "client_id": self._settings.client_id,
+            "post_logout_redirect_uri": self._settings.post_logout_redirect_uri,
+        }
+        if id_token:
+            params["id_token_hint"] = id_token
+        return f"{endpoint}?{urlencode(params)}"
+
+    # ID tokens -------------------------------------------------------------------------------
+
+    def validate_id_token(self, id_token: str, *, nonce: str) -> dict[str, t.Any]:
+        """Return the ID token's claims, or raise a 400 problem if any check fails."""
+        try:
+            try:
+                token = jwt.decode(id_token, self._keys(refresh=False), algorithms=["RS256"])
+            except (JoseError, ValueError):
+                # Possibly a rotated signing key: look again (rate-limited), then decide.
+                token = jwt.decode(id_token, self._keys(refresh=True), algorithms=["RS256"])
+            registry = JWTClaimsRegistry(
+                now=lambda: int(self._clock.now()),
+                leeway=_CLOCK_SKEW,
+                iss={"essential": True, "value": self._settings.issuer_url},
+                aud={"essential": True, "value": self._settings.client_id},
+                sub={"essential": True},
+                exp={"essential": True},
+                iat={"essential": True},
+                nonce={"essential": True, "value": nonce},
+            )
+            registry.validate(token.claims)
+        except (JoseError, ValueError) as error:
+            raise Problem(
+                400, "login-failed", "Login failed", f"The ID token is not valid ({type(error).__name__})."
+            ) from error
+        claims = dict(token.claims)
+        audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
+        if len(audiences) > 1 and claims.get("azp") != self._settings.client_id:
+            raise Problem(400, "login-failed", "Login failed", "The ID token was issued to another party.")
+        return claims

@@ -1,0 +1,135 @@
+"""Forwarding one allowed call to the My Account API over pooled keep-alive connections.
+
+Header policy (security): only an allowlist of request headers is forwarded (content
+negotiation, conditional requests, a request id); ``Cookie``, ``Authorization``, the CSRF header
+and hop-by-hop headers never leave the BFF because they are not on the list. The bearer token
+is added here and nowhere else. On the way back only an allowlist of response headers is
+passed: upstream ``Set-Cookie`` and hop-by-hop headers are dropped, ``Location`` pointing into
+the My Account API is rewritten to the BFF's ``/me/v1/...`` path.
+
+urllib3 is used directly on this hot path: requests' high-level API costs measurably more per
+call for features (cookies, redirects, hooks) a proxy must not use anyway.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import urllib3
+from urllib3.exceptions import HTTPError, ReadTimeoutError
+from urllib3.util import Retry, Timeout
+
+from ..settings import Settings
+
+__all__ = ["Forwarder", "UpstreamFailure", "UpstreamResponse", "BFF_PREFIX"]
+
+BFF_PREFIX = "/me/v1"
+
+REQUEST_HEADERS = (
+    "content-type",
+    "accept",
+    "accept-language",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "x-request-id",
+)
+RESPONSE_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-language",
+        "etag",
+        "last-modified",
+        "retry-after",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "x-auth0-error-kind",
+        "x-request-id",
+        "cache-control",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamFailure:
+    """The upstream could not be reached or did not answer in time."""
+
+    status: int  # 502 or 504
+    kind: str
+    detail: str
+
+
+class Forwarder:
+    """A pooled client for ``BFF_MY_ACCOUNT_URL``; thread-safe, one per process."""
+
+    def __init__(self, settings: Settings, *, pool_size: int = 64) -> None:
+        base = urlsplit(settings.my_account_url)
+        self._base_path = base.path.rstrip("/")
+        self._absolute_base = settings.my_account_url.rstrip("/")
+        retries = Retry(total=1, connect=1, read=1, redirect=0, status=0, other=0, raise_on_status=False)
+        self._pool = urllib3.connection_from_url(
+            settings.my_account_url,
+            maxsize=pool_size,
+            block=False,
+            timeout=Timeout(connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout),
+            retries=retries,
+        )
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: t.Mapping[str, str],
+        body: bytes | None,
+        token: str,
+    ) -> UpstreamResponse | UpstreamFailure:
+        """Forward; ``path`` is the validated raw path under the API base, sent as is."""
+        outgoing = {name: headers[name] for name in REQUEST_HEADERS if name in headers}
+        outgoing["authorization"] = "Bearer " + token
+        target = self._base_path + path + ("?" + query if query else "")
+        try:
+            response = self._pool.urlopen(
+                method,
+                target,
+                body=body,
+                headers=outgoing,
+                redirect=False,
+                assert_same_host=False,
+                preload_content=True,
+            )
+        except ReadTimeoutError:
+            return UpstreamFailure(504, "upstream-timeout", "The My Account API did not answer in time.")
+        except HTTPError as error:
+            return UpstreamFailure(
+                502, "upstream-unavailable", f"The My Account API could not be reached ({type(error).__name__})."
+            )
+        passed: list[tuple[str, str]] = []
+        for name, value in response.headers.items():
+            lower = name.lower()
+            if lower == "location":
+                rewritten = self._rewrite_location(value)
+                if rewritten is not None:
+                    passed.append(("Location", rewritten))
+            elif lower in RESPONSE_HEADERS:
+                passed.append((name, value))
+        return UpstreamResponse(response.status, passed, response.data)
+
+    def _rewrite_location(self, value: str) -> str | None:
+        """Map a Location inside the API to the BFF's path; drop one that points elsewhere."""
+        if value.startswith(self._absolute_base + "/"):
+            return BFF_PREFIX + value[len(self._absolute_base):]
+        if value.startswith(self._base_path + "/") and self._base_path:
+            return BFF_PREFIX + value[len(self._base_path):]
+        return None

@@ -1,0 +1,25 @@
+"""Session stores: pick a backend from ``BFF_SESSION_STORE``.
+
+``redis://`` and ``rediss://`` (TLS) reach one Redis server, ``redis+sentinel://h:p[,h:p]/name``
+follows a Sentinel-managed primary across failovers, and ``sqlite:///path`` is an embedded store
+for a single host (several processes on that host share it).
+"""
+
+from __future__ import annotations
+
+from .base import Record, SessionStore
+
+__all__ = ["Record", "SessionStore", "open_store"]
+
+
+def open_store(url: str, *, prefix: str = "bff:") -> SessionStore:
+    """Open the store a ``BFF_SESSION_STORE`` URL names (connections are made lazily)."""
+    if url.startswith(("redis://", "rediss://", "redis+sentinel://")):
+        from .redis_store import RedisStore
+
+        return RedisStore.from_url(url, prefix=prefix)
+    if url.startswith("sqlite://"):
+        from .sqlite_store import SqliteStore
+
+        return SqliteStore.from_url(url)
+    raise ValueError(f"unsupported session store URL scheme: {url.split(':', 1)[0]!r}")

@@ -1,0 +1,187 @@
+"""Calls to the IdP's token and revocation endpoints, through authlib, with typed outcomes.
+
+Failures are classified by their OAuth error code, never by message text:
+
+* ``invalid_grant`` — the refresh token is dead (revoked, expired, reused): the session ends.
+* ``mfa_required``, ``unmet_authentication_requirements`` and the interaction errors — the
+  user must log in again with more assurance (step-up): a distinct 401.
+* a transport error, a timeout, a 5xx or ``temporarily_unavailable`` — the IdP is having a
+  bad moment: 502/503, and the session and its refresh token are kept.
+* anything else (``invalid_client``, ``invalid_scope``, ...) — misconfiguration: 502.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import typing as t
+from dataclasses import dataclass
+
+import requests
+from authlib.integrations.base_client.errors import OAuthError
+from authlib.integrations.requests_client import OAuth2Session
+
+from ..clock import Clock
+from ..settings import Settings
+
+__all__ = ["TokenClient", "TokenFailure", "TokenSet"]
+
+log = logging.getLogger(__name__)
+
+FailureKind = t.Literal["invalid_grant", "step_up", "unavailable", "server_error", "rejected"]
+
+_STEP_UP_ERRORS = {
+    "mfa_required",
+    "unmet_authentication_requirements",
+    "interaction_required",
+    "login_required",
+    "consent_required",
+}
+_TRANSIENT_ERRORS = {"temporarily_unavailable", "too_many_requests"}
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """A successful token response. ``expires_at`` is computed with the BFF's own clock."""
+
+    access_token: str
+    expires_at: float
+    scope: str
+    refresh_token: str | None
+    id_token: str | None
+
+
+@dataclass(frozen=True)
+class TokenFailure:
+    """A token-endpoint call that did not produce tokens, classified for the caller."""
+
+    kind: FailureKind
+    error: str
+    description: str
+    status: int = 0
+    retry_after: str | None = None
+
+
+def _classify(status: int, error: str, description: str, retry_after: str | None) -> TokenFailure:
+    kind: FailureKind
+    if error == "invalid_grant":
+        kind = "invalid_grant"
+    elif error in _STEP_UP_ERRORS:
+        kind = "step_up"
+    elif error in _TRANSIENT_ERRORS or status == 429 or status == 503:
+        kind = "unavailable"
+    elif error == "server_error" or status >= 500:
+        kind = "server_error"
+    else:
+        kind = "rejected"
+    return TokenFailure(kind, error, description, status, retry_after)
+
+
+class TokenClient:
+    """The BFF's only door to ``/oauth/token`` and ``/oauth/revoke``."""
+
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        self._settings = settings
+        self._clock = clock
+
+    def _session(self) -> OAuth2Session:
+        # One authlib session per call: its token state is per-session and must not be shared
+        # between threads refreshing different users.
+        return OAuth2Session(
+            self._settings.client_id,
+            self._settings.client_secret,
+            token_endpoint_auth_method="client_secret_post",
+            revocation_endpoint_auth_method="client_secret_post",
+            default_timeout=self._settings.token_timeout,
+        )
+
+    def exchange_code(
+        self, endpoint: str, *, code: str, code_verifier: str, redirect_uri: str
+    ) -> TokenSet | TokenFailure:
+        """Authorization code + PKCE exchange."""
+        with self._session() as session:
+            return self._call(
+                lambda: session.fetch_token(
+                    endpoint,
+                    grant_type="authorization_code",
+                    code=code,
+                    code_verifier=code_verifier,
+                    redirect_uri=redirect_uri,
+                    timeout=self._settings.token_timeout,
+                ),
+                session,
+            )
+
+    def refresh(
+        self, endpoint: str, refresh_token: str, *, audience: str | None, scope: str | None
+    ) -> TokenSet | TokenFailure:
+        """A refresh-token grant; with ``audience`` and ``scope`` it is an MRRT exchange."""
+        params: dict[str, str] = {}
+        if audience:
+            params["audience"] = audience
+        if scope:
+            params["scope"] = scope
+        with self._session() as session:
+            return self._call(
+                lambda: session.refresh_token(
+                    endpoint, refresh_token=refresh_token, timeout=self._settings.token_timeout, **params
+                ),
+                session,
+            )
+
+    def revoke(self, endpoint: str, refresh_token: str) -> bool:
+        """Revoke a refresh token (and, at Auth0, its family). Best effort; returns success."""
+        with self._session() as session:
+            try:
+                response = session.revoke_token(
+                    endpoint,
+                    token=refresh_token,
+                    token_type_hint="refresh_token",
+                    timeout=self._settings.token_timeout,
+                )
+            except requests.RequestException as error:
+                log.warning("refresh token revocation failed: %s", type(error).__name__)
+                return False
+            return bool(response.status_code == 200)
+
+    def _call(self, call: t.Callable[[], t.Any], session: OAuth2Session) -> TokenSet | TokenFailure:
+        status = {"code": 0, "retry_after": None}
+
+        def remember(response: requests.Response) -> requests.Response:
+            status["code"] = response.status_code
+            status["retry_after"] = response.headers.get("Retry-After")
+            return response
+
+        session.register_compliance_hook("access_token_response", remember)
+        session.register_compliance_hook("refresh_token_response", remember)
+        try:
+            token = call()
+        except OAuthError as error:
+            return _classify(
+                int(status["code"] or 0), str(error.error), str(error.description or ""),
+                t.cast("str | None", status["retry_after"]),
+            )
+        except requests.Timeout:
+            return TokenFailure("unavailable", "timeout", "The token endpoint did not answer in time.")
+        except (requests.RequestException, json.JSONDecodeError, ValueError):
+            code = int(status["code"] or 0)
+            if code == 0:
+                return TokenFailure("unavailable", "unreachable", "The token endpoint could not be reached.")
+            return _classify(code, "server_error", f"The token endpoint answered HTTP {code}.", None)
+        code = int(status["code"] or 0)
+        if code and code >= 400:
+            return _classify(code, "server_error", f"The token endpoint answered HTTP {code}.", None)
+        access_token = token.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            return TokenFailure("server_error", "invalid_response", "The token response had no access token.")
+        try:
+            expires_in = float(token.get("expires_in", 0))
+        except (TypeError, ValueError):
+            expires_in = 0.0
+        return TokenSet(
+            access_token=access_token,
+            expires_at=self._clock.now() + max(expires_in, 0.0),
+            scope=str(token.get("scope") or ""),
+            refresh_token=token.get("refresh_token") or None,
+            id_token=token.get("id_token") or None,
+        )

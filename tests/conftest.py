@@ -1,0 +1,101 @@
+"""Shared fixtures: a private Redis, the Auth0 emulator and the BFF, all over real HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+import pytest
+import requests
+
+from bff import Settings, create_app
+from bff.store import SessionStore, open_store
+from tests.support.browser import bff_session, login
+from tests.support.redis_server import RedisServer
+from tests.support.servers import ThreadedServer
+
+CLIENT_ID = "bff-test-client"
+CLIENT_SECRET = "bff-test-client-secret-0123456789"
+SECRET_KEY = "test-secret-key-0123456789-abcdefghijklmnop"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> t.Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    if redis_server.process is None:  # a test stopped it to simulate an outage
+        redis_server.start()
+    redis_server.flush()
+    return redis_server.url
+
+
+@dataclasses.dataclass
+class Stack:
+    """An emulator, a BFF served on a free port, and the BFF's store."""
+
+    bff_url: str
+    emulator: t.Any
+    settings: Settings
+    store: SessionStore
+    app: t.Any
+
+    @property
+    def idp(self) -> t.Any:
+        return self.emulator.state
+
+    def browser(self) -> requests.Session:
+        return bff_session(self.bff_url)
+
+    def logged_in(self, **kwargs: t.Any) -> requests.Session:
+        http = self.browser()
+        response = login(http, self.bff_url, **kwargs)
+        assert response.status_code == 302, response.text
+        return http
+
+
+StackFactory = t.Callable[..., Stack]
+
+
+@pytest.fixture
+def make_stack(redis_url: str, tmp_path: t.Any) -> t.Iterator[StackFactory]:
+    started: list[tuple[ThreadedServer, t.Any, SessionStore]] = []
+
+    def factory(*, store: str = "redis", host: str = "127.0.0.1", **overrides: t.Any) -> Stack:
+        from bff.emulator import EmulatorConfig, EmulatorServer
+
+        server = ThreadedServer()
+        bff_url = server.url(host)
+        emulator = EmulatorServer(EmulatorConfig(CLIENT_ID, CLIENT_SECRET, bff_url))
+        emulator.start()
+        store_url = redis_url if store == "redis" else f"sqlite:///{tmp_path}/sessions.db"
+        settings = Settings(
+            issuer_url=emulator.url + "/",
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            base_url=bff_url,
+            secret_keys=(SECRET_KEY,),
+            session_store=store_url,
+            **overrides,
+        )
+        session_store = open_store(store_url)
+        app = create_app(settings, store=session_store)
+        server.serve(app)
+        started.append((server, emulator, session_store))
+        return Stack(bff_url, emulator, settings, session_store, app)
+
+    yield factory
+    for server, emulator, session_store in started:
+        server.stop()
+        emulator.stop()
+        session_store.close()
+
+
+@pytest.fixture
+def stack(make_stack: StackFactory) -> Stack:
+    return make_stack()
