@@ -1,7 +1,7 @@
 """A private redis-server for the test session, on a free loopback port.
 
 The machine may run a shared Redis; tests never touch it. This server is started from the
-``redis-server`` binary, keeps nothing on disk, and can be stopped and restarted on the same
+``redis-server`` binary, persists to a private directory, and can be stopped and restarted on the same
 port to simulate an outage.
 """
 
@@ -43,7 +43,10 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", self.dir, "--protected-mode", "yes",
+                "--dir", self.dir,
+                # An append-only file in a private directory: a stop and restart (an outage) keeps
+                # the data, as a production Redis with persistence would.
+                "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "yes",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
