@@ -51,6 +51,7 @@ def create_app(
     app = Flask(__name__, static_folder=None)
     # Never rewrite a path (``//`` merged and redirected): the proxy judges the raw path itself.
     app.url_map.merge_slashes = False
+    app.url_map.converters["anypath"] = proxy_views.AnyPathConverter
     app.config.update(
         SESSION_COOKIE_NAME=settings.session_cookie_name,
         SESSION_COOKIE_HTTPONLY=True,

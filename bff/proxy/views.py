@@ -11,6 +11,7 @@ import typing as t
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, request
+from werkzeug.routing import PathConverter
 
 from ..auth.views import require_session
 from ..errors import Problem
@@ -20,11 +21,18 @@ from ..tokens.manager import AccessToken, TokenError
 from .forward import BFF_PREFIX, UpstreamFailure, UpstreamResponse
 from .routes import RouteRejection
 
-__all__ = ["blueprint"]
+__all__ = ["AnyPathConverter", "blueprint"]
 
 blueprint = Blueprint("proxy", __name__)
 
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+class AnyPathConverter(PathConverter):
+    """Matches any rest of the path, empty segments included: the proxy judges it, not routing."""
+
+    regex = r"[\s\S]*"
+    part_isolating = False
 
 
 def raw_target(environ: t.Mapping[str, t.Any]) -> tuple[str, str]:
@@ -53,8 +61,8 @@ def _return_to() -> str:
     return "/"
 
 
-@blueprint.route(BFF_PREFIX, methods=_METHODS)
-@blueprint.route(BFF_PREFIX + "/<path:rest>", methods=_METHODS)
+@blueprint.route("/me", methods=_METHODS)
+@blueprint.route("/me/<anypath:rest>", methods=_METHODS)
 def proxy(rest: str = "") -> Response:
     svc = services()
     check_anti_forgery(request, svc.settings)
