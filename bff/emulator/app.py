@@ -1,0 +1,142 @@
+"""The emulator's Flask application: the IdP, its test controls and the My Account API.
+
+Security first: the ``/_emulator`` control endpoints have no authentication (they exist so tests in other
+processes can turn the same knobs as :class:`~bff.emulator.state.EmulatorState`); serve this app on
+loopback only, as :class:`~bff.emulator.server.EmulatorServer` does.
+
+Control endpoints (JSON in, JSON out; bad input answers 400 ``{"error": ...}``):
+
+- ``GET /_emulator/clock``, ``POST /_emulator/clock`` ``{"advance": seconds}`` or ``{"set": timestamp}``
+- ``GET /_emulator/settings``, ``PATCH /_emulator/settings`` with :class:`~bff.emulator.state.TokenSettings`
+  fields
+- ``POST /_emulator/faults`` ``{"error", "status"?, "count"?, "description"?}``, ``DELETE /_emulator/faults``
+  (drops faults and latency)
+- ``POST /_emulator/latency`` ``{"seconds", "count"?}``
+- ``GET /_emulator/counters``, ``DELETE /_emulator/counters`` (reset)
+- ``POST /_emulator/families/lookup`` ``{"refresh_token"}`` (the token stays out of URLs and logs)
+- ``POST /_emulator/users`` ``{"email", "password", "name"?, "totp_secret"?}``
+- ``POST /_emulator/logout`` ``{"sub"}`` or ``{"sid"}``: ends SSO sessions with back-channel logout
+- ``GET /_emulator/backchannel``: the back-channel deliveries so far
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+from flask import Blueprint, Flask, Response, jsonify, request
+
+from bff.emulator import idp, myaccount
+from bff.emulator.state import EmulatorState
+
+
+def _body() -> dict[str, t.Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    return body
+
+
+def _controls_blueprint(state: EmulatorState) -> Blueprint:
+    bp = Blueprint("emulator_controls", __name__, url_prefix="/_emulator")
+
+    @bp.errorhandler(KeyError)
+    def missing_field(exc: KeyError) -> tuple[Response, int]:
+        return jsonify(error=f"missing field {exc}"), 400
+
+    @bp.errorhandler(ValueError)
+    @bp.errorhandler(TypeError)
+    def bad_request(exc: Exception) -> tuple[Response, int]:
+        return jsonify(error=str(exc)), 400
+
+    @bp.route("/clock", methods=["GET", "POST"])
+    def clock() -> Response:
+        if request.method == "POST":
+            body = _body()
+            if "set" in body:
+                state.clock.set(float(body["set"]))
+            else:
+                state.clock.advance(float(body.get("advance", 0)))
+        return jsonify(now=state.clock.now())
+
+    @bp.route("/settings", methods=["GET", "PATCH"])
+    def settings() -> Response:
+        current = state.configure(**_body()) if request.method == "PATCH" else state.settings
+        return jsonify(current.to_json())
+
+    @bp.post("/faults")
+    def add_fault() -> tuple[str, int]:
+        body = _body()
+        state.fail_next_token(
+            str(body["error"]),
+            int(body.get("status", 400)),
+            int(body.get("count", 1)),
+            body.get("description"),
+        )
+        return "", 204
+
+    @bp.delete("/faults")
+    def clear_faults() -> tuple[str, int]:
+        state.clear_faults()
+        return "", 204
+
+    @bp.post("/latency")
+    def latency() -> tuple[str, int]:
+        body = _body()
+        count = body.get("count")
+        state.token_latency(float(body["seconds"]), None if count is None else int(count))
+        return "", 204
+
+    @bp.get("/counters")
+    def counters() -> Response:
+        return jsonify(state.counters())
+
+    @bp.delete("/counters")
+    def reset_counters() -> tuple[str, int]:
+        state.reset_counters()
+        return "", 204
+
+    @bp.post("/families/lookup")
+    def family() -> tuple[Response, int]:
+        try:
+            family_id = state.family_of(str(_body().get("refresh_token")))
+        except KeyError:
+            return jsonify(error="unknown refresh token"), 404
+        return jsonify(family=family_id, **state.counters()["families"][family_id]), 200
+
+    @bp.post("/users")
+    def add_user() -> tuple[Response, int]:
+        body = _body()
+        user = state.add_user(
+            str(body["email"]),
+            str(body["password"]),
+            name=body.get("name"),
+            totp_secret=body.get("totp_secret"),
+        )
+        return jsonify(sub=user.sub, email=user.email, name=user.name), 201
+
+    @bp.post("/logout")
+    def logout() -> Response:
+        body = _body()
+        if "sid" in body:
+            ended = [body["sid"]] if state.end_sso_session(str(body["sid"])) else []
+        else:
+            ended = state.logout_user(str(body["sub"]))
+        return jsonify(ended=ended)
+
+    @bp.get("/backchannel")
+    def backchannel() -> Response:
+        with state.lock:
+            deliveries = [dataclasses.asdict(d) for d in state.backchannel_deliveries]
+        return jsonify(deliveries=deliveries)
+
+    return bp
+
+
+def create_emulator_app(state: EmulatorState) -> Flask:
+    """The emulator's WSGI app, serving ``state``."""
+    app = Flask(__name__)
+    app.register_blueprint(idp.create_blueprint(state))
+    app.register_blueprint(_controls_blueprint(state))
+    myaccount.register(app, state)
+    return app

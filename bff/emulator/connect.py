@@ -1,0 +1,61 @@
+"""The consent page of the emulator's Connected Accounts flow (``{issuer}connect``).
+
+Security first: the ticket in the URL is the only credential, as with Auth0's ``connect_uri``; it
+is single-use and expires with its flow. The page is sent with ``no-store``, ``no-referrer`` and
+``frame-ancestors 'none'`` so the ticket does not leak into caches or referrers and the Allow
+button cannot be clickjacked.
+
+``GET /connect?ticket=...`` shows the connection and the scopes with Allow and Deny. The form posts
+back to ``/connect``; Allow redirects to the flow's ``redirect_uri`` with ``connect_code`` and
+``state``, Deny with ``error=access_denied``.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, make_response, redirect, render_template, request
+from flask.typing import ResponseReturnValue
+
+from .myaccount_state import ConnectTicketError, MyAccountState
+
+__all__ = ["CONNECT_PATH", "blueprint"]
+
+CONNECT_PATH = "/connect"
+
+
+def blueprint(store: MyAccountState) -> Blueprint:
+    bp = Blueprint("myaccount_connect", __name__, template_folder="templates")
+
+    @bp.get(CONNECT_PATH)
+    def consent_page() -> Response:
+        ticket = request.args.get("ticket", "")
+        try:
+            flow = store.consent_request(ticket)
+        except ConnectTicketError as exc:
+            return _page(render_template("connect_error.html", message=str(exc)), 400)
+        with store.idp.lock:
+            user = store.idp.users.get(flow.sub)
+            account = user.email if user is not None else flow.sub
+        return _page(render_template("connect_consent.html", flow=flow, account=account, ticket=ticket), 200)
+
+    @bp.post(CONNECT_PATH)
+    def consent_decision() -> ResponseReturnValue:
+        decision = request.form.get("decision")
+        if decision not in ("allow", "deny"):
+            return _page(render_template("connect_error.html", message="Choose Allow or Deny."), 400)
+        try:
+            target = store.decide(request.form.get("ticket", ""), allow=decision == "allow")
+        except ConnectTicketError as exc:
+            return _page(render_template("connect_error.html", message=str(exc)), 400)
+        return redirect(target, code=302)
+
+    return bp
+
+
+def _page(html: str, status: int) -> Response:
+    response = make_response(html, status)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
+    )
+    return response

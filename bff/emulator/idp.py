@@ -1,0 +1,811 @@
+"""The OpenID Provider routes of the emulator, following Auth0's documented behaviour.
+
+- ``/.well-known/openid-configuration``, ``/.well-known/jwks.json``, ``/userinfo``.
+- ``/authorize`` (code flow, PKCE S256 required) with a login form at ``/u/login`` and a TOTP step at
+  ``/u/mfa``; an SSO session cookie lets later requests skip the form (``prompt``, ``max_age``).
+  Step-up: ``acr_values`` with the multi-factor URI (configure-step-up-authentication-for-web-apps.md).
+- ``/oauth/token``: ``authorization_code`` and ``refresh_token`` with rotation, reuse detection and an overlap
+  period (refresh-token-rotation.md, configure-refresh-token-rotation.md), multi-resource refresh tokens
+  (multi-resource-refresh-token.md, configure-and-implement-multi-resource-refresh-token.md) and the My
+  Account API Default Policy (my-account-api.md).
+- ``/oauth/revoke`` (revoke-refresh-token.md) and ``/oidc/logout`` (oidc-logout.md), which ends the SSO
+  session and sends an OIDC back-channel logout (back-channel-logout.md).
+
+Errors at the token endpoint are JSON ``{error, error_description}``, as Auth0 answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import select
+import socket
+import time
+import typing as t
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import unquote_plus, urlencode, urlsplit, urlunsplit
+
+import pyotp
+from flask import Blueprint, Response, jsonify, render_template, request
+from markupsafe import escape
+
+from bff.emulator.state import (
+    AUTHORIZATION_CODE_LIFETIME,
+    DEFAULT_POLICY_WINDOW,
+    LOGIN_TRANSACTION_LIFETIME,
+    MFA_ACR,
+    MY_ACCOUNT_SCOPES,
+    OIDC_SCOPES,
+    AuthorizationCode,
+    AuthorizeRequest,
+    EmulatorState,
+    InvalidAccessToken,
+    LoginTransaction,
+    RefreshFamily,
+    SsoSession,
+    TokenSettings,
+    User,
+)
+
+SSO_COOKIE = "auth0"
+"""Auth0's own session cookie name."""
+
+_PKCE_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
+_PROMPTS = frozenset({"none", "login", "consent", "select_account"})
+
+
+class OAuthError(Exception):
+    """An OAuth error answered to the client: JSON at the token endpoint, a redirect at ``/authorize``."""
+
+    def __init__(self, error: str, description: str, status: int = 400) -> None:
+        super().__init__(f"{error}: {description}")
+        self.error = error
+        self.description = description
+        self.status = status
+
+
+@dataclass(frozen=True)
+class _Grant:
+    """What a successful token request issues; signing happens after ``state.lock`` is released."""
+
+    sub: str
+    audience: str
+    scope: tuple[str, ...]
+    id_token_claims: dict[str, t.Any] | None
+    refresh_token: str | None
+
+
+def pkce_s256(verifier: str) -> str:
+    """``BASE64URL(SHA256(verifier))`` without padding (RFC 7636)."""
+    digest = hashlib.sha256(verifier.encode("ascii", "replace")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def client_disconnected(environ: dict[str, t.Any]) -> bool:
+    """Whether the client of this request has closed its connection.
+
+    Used after injected latency: a client that timed out and hung up while its request was "in transit"
+    gets its request dropped unprocessed, so the emulator models a request that never arrived rather than
+    one that was processed and whose answer was lost. The request body must have been read already, so a
+    readable socket that peeks as empty means end-of-file. Without werkzeug's socket the answer is ``False``.
+    """
+    sock = environ.get("werkzeug.socket")
+    if not isinstance(sock, socket.socket):
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
+def _with_query(uri: str, params: dict[str, str | None]) -> str:
+    parts = urlsplit(uri)
+    extra = urlencode({k: v for k, v in params.items() if v is not None})
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urlunsplit(parts._replace(query=query))
+
+
+def _redirect(uri: str, **params: str | None) -> Response:
+    response = Response(status=302)
+    response.headers["Location"] = _with_query(uri, params)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _page(title: str, message: str, status: int) -> Response:
+    return Response(render_template("message.html", title=title, message=message), status=status)
+
+
+def _oauth_error(status: int, error: str, description: str) -> Response:
+    response = jsonify(error=error, error_description=description)
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _ordered(scopes: t.Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(scopes))
+
+
+def _same_origin(url: str, base: str) -> bool:
+    """True when ``url`` is an absolute URL on ``base``'s origin (Allowed Logout URLs)."""
+    # Browsers read a backslash as a slash and drop tabs and newlines; refuse rather than guess.
+    if any(c in url for c in "\\\t\r\n "):
+        return False
+    try:
+        a, b = urlsplit(url), urlsplit(base)
+        default_port = {"http": 80, "https": 443}
+        return (
+            a.username is None
+            and a.password is None
+            and a.scheme == b.scheme
+            and a.hostname == b.hostname
+            and (a.port or default_port.get(a.scheme)) == (b.port or default_port.get(b.scheme))
+        )
+    except ValueError:
+        return False
+
+
+def _profile_claims(state: EmulatorState, user: User, scope: t.Collection[str]) -> dict[str, t.Any]:
+    claims: dict[str, t.Any] = {}
+    if "profile" in scope:
+        claims.update(
+            name=user.name,
+            nickname=user.nickname,
+            picture=f"{state.issuer}avatars/{user.sub.partition('|')[2]}.svg",
+            updated_at=datetime.fromtimestamp(user.updated_at, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+        )
+    if "email" in scope:
+        claims.update(email=user.email, email_verified=user.email_verified)
+    return claims
+
+
+def _id_token_claims(
+    state: EmulatorState,
+    settings: TokenSettings,
+    user: User,
+    *,
+    scope: tuple[str, ...],
+    sid: str,
+    auth_time: float,
+    nonce: str | None,
+    amr: list[str] | None,
+) -> dict[str, t.Any]:
+    now = int(state.clock.now())
+    claims: dict[str, t.Any] = {
+        "iss": state.issuer,
+        "aud": state.client_id,
+        "sub": user.sub,
+        "iat": now,
+        "exp": now + settings.id_token_lifetime,
+        "auth_time": int(auth_time),
+        "sid": sid,
+        **_profile_claims(state, user, scope),
+    }
+    if nonce:
+        claims["nonce"] = nonce
+    if amr is not None:
+        claims["amr"] = amr
+        if "mfa" in amr:
+            claims["acr"] = MFA_ACR
+    return claims
+
+
+def _mfa_pending(
+    settings: TokenSettings, request_: AuthorizeRequest, user: User, mfa_at: float | None, now: float
+) -> bool:
+    """Whether login must still ask for the second factor.
+
+    Asked when the user has one and either the client requested the multi-factor ``acr_values`` or the
+    Default Policy is on; the Default Policy also wants it within the last 15 minutes (my-account-api.md).
+    """
+    if not user.has_second_factor or not (request_.wants_mfa or settings.default_policy_mfa):
+        return False
+    if mfa_at is None:
+        return True
+    return settings.default_policy_mfa and now - mfa_at > DEFAULT_POLICY_WINDOW
+
+
+def _check_default_policy(
+    state: EmulatorState,
+    settings: TokenSettings,
+    user: User,
+    *,
+    audience: str,
+    scope: tuple[str, ...],
+    auth_time: float,
+    mfa_at: float | None,
+    now: float,
+) -> None:
+    """Enforce the My Account API Default Policy on sensitive (non ``read:me:``) scopes (my-account-api.md).
+
+    A user with a second factor must have used it within 15 minutes, else ``mfa_required``. A user without
+    one gets access for 15 minutes after login, then ``unmet_authentication_requirements``.
+    """
+    if not settings.default_policy_mfa or audience != state.my_account_audience:
+        return
+    if not any(s in MY_ACCOUNT_SCOPES and not s.startswith("read:me:") for s in scope):
+        return
+    if user.has_second_factor:
+        if mfa_at is None or now - mfa_at > DEFAULT_POLICY_WINDOW:
+            raise OAuthError("mfa_required", "Multifactor authentication required", 403)
+    elif now - auth_time > DEFAULT_POLICY_WINDOW:
+        raise OAuthError(
+            "unmet_authentication_requirements", "The user does not meet the authentication requirements", 403
+        )
+
+
+def _parse_authorize(state: EmulatorState, args: t.Mapping[str, str]) -> AuthorizeRequest:
+    """Validate an ``/authorize`` request whose client and redirect URI are already known to be good."""
+    if args.get("response_type") != "code":
+        raise OAuthError(
+            "unsupported_response_type", f"Unsupported response type: {args.get('response_type')}"
+        )
+    challenge = args.get("code_challenge", "")
+    if args.get("code_challenge_method") != "S256" or not _PKCE_CHALLENGE.fullmatch(challenge):
+        raise OAuthError(
+            "invalid_request", "PKCE is required: code_challenge with code_challenge_method=S256"
+        )
+    prompt = frozenset(args.get("prompt", "").split())
+    if not prompt <= _PROMPTS or ("none" in prompt and len(prompt) > 1):
+        raise OAuthError("invalid_request", f"Invalid prompt: {args.get('prompt')}")
+    max_age: int | None = None
+    if args.get("max_age"):
+        try:
+            max_age = int(args["max_age"])
+        except ValueError:
+            max_age = -1
+        if max_age < 0:
+            raise OAuthError("invalid_request", "max_age must be a non-negative integer")
+    audience = args.get("audience") or None
+    if audience == state.userinfo_audience:
+        audience = None
+    requested = args.get("scope", "").split()
+    # Without an API audience only OIDC scopes mean anything; the My Account API knows its own scopes only.
+    if audience is None:
+        scope = _ordered(s for s in requested if s in OIDC_SCOPES)
+    elif audience == state.my_account_audience:
+        scope = _ordered(s for s in requested if s in OIDC_SCOPES or s in MY_ACCOUNT_SCOPES)
+    else:
+        scope = _ordered(requested)
+    return AuthorizeRequest(
+        redirect_uri=args["redirect_uri"],
+        state=args.get("state"),
+        nonce=args.get("nonce"),
+        scope=scope,
+        audience=audience,
+        code_challenge=challenge,
+        prompt=prompt,
+        max_age=max_age,
+        login_hint=args.get("login_hint"),
+        acr_values=tuple(args.get("acr_values", "").split()),
+    )
+
+
+def _verify_totp(user: User, code: str, now: float) -> bool:
+    code = code.replace(" ", "")
+    # One step either side tolerates the drift between an authenticator app and this clock.
+    return code.isdigit() and any(
+        pyotp.TOTP(s).verify(code, for_time=now, valid_window=1) for s in user.totp_secrets
+    )
+
+
+def create_blueprint(state: EmulatorState) -> Blueprint:
+    """The IdP routes, bound to ``state``."""
+    bp = Blueprint("emulator_idp", __name__)
+
+    # -- discovery ---------------------------------------------------------------------------------------
+
+    @bp.get("/.well-known/openid-configuration")
+    def openid_configuration() -> Response:
+        issuer = state.issuer
+        return jsonify(
+            issuer=issuer,
+            authorization_endpoint=issuer + "authorize",
+            token_endpoint=issuer + "oauth/token",
+            userinfo_endpoint=issuer + "userinfo",
+            jwks_uri=issuer + ".well-known/jwks.json",
+            revocation_endpoint=issuer + "oauth/revoke",
+            end_session_endpoint=issuer + "oidc/logout",
+            scopes_supported=["openid", "profile", "email", "offline_access", *MY_ACCOUNT_SCOPES],
+            response_types_supported=["code"],
+            response_modes_supported=["query"],
+            grant_types_supported=["authorization_code", "refresh_token"],
+            code_challenge_methods_supported=["S256"],
+            subject_types_supported=["public"],
+            id_token_signing_alg_values_supported=["RS256"],
+            token_endpoint_auth_methods_supported=["client_secret_basic", "client_secret_post"],
+            claims_supported=[
+                "aud",
+                "auth_time",
+                "acr",
+                "amr",
+                "email",
+                "email_verified",
+                "exp",
+                "iat",
+                "iss",
+                "name",
+                "nickname",
+                "nonce",
+                "picture",
+                "sid",
+                "sub",
+                "updated_at",
+            ],
+            request_uri_parameter_supported=False,
+            backchannel_logout_supported=True,
+            backchannel_logout_session_supported=True,
+        )
+
+    @bp.get("/.well-known/jwks.json")
+    def jwks() -> Response:
+        return jsonify(state.jwks())
+
+    @bp.get("/avatars/<user_id>.svg")
+    def avatar(user_id: str) -> Response:
+        with state.lock:
+            user = state.users.get(f"auth0|{user_id}")
+        if user is None:
+            return Response(status=404)
+        svg = (
+            '<svg xmlns="http://www.w3.org/2000/svg" width="96" height="96"><rect width="96" height="96" '
+            f'fill="#635dff"/><text x="48" y="62" font-size="44" text-anchor="middle" fill="#fff" '
+            f'font-family="sans-serif">{escape(user.name[:1].upper())}</text></svg>'
+        )
+        return Response(svg, mimetype="image/svg+xml")
+
+    # -- authorization and login -------------------------------------------------------------------------
+
+    def issue_code(request_: AuthorizeRequest, session: SsoSession) -> Response:
+        now = state.clock.now()
+        code = secrets.token_urlsafe(32)
+        with state.lock:
+            for stale in [c for c, v in state.codes.items() if v.expires_at <= now]:
+                del state.codes[stale]
+            state.codes[code] = AuthorizationCode(
+                request=request_,
+                sub=session.sub,
+                sid=session.sid,
+                auth_time=session.auth_time,
+                mfa_at=session.mfa_at,
+                expires_at=now + AUTHORIZATION_CODE_LIFETIME,
+            )
+        return _redirect(request_.redirect_uri, code=code, state=request_.state)
+
+    def deny(tx: LoginTransaction) -> Response:
+        with state.lock:
+            state.login_transactions.pop(tx.id, None)
+        return _redirect(
+            tx.request.redirect_uri,
+            error="access_denied",
+            error_description="User did not authorize the request",
+            state=tx.request.state,
+        )
+
+    def login_form(
+        tx: LoginTransaction, *, email: str = "", error: str | None = None, status: int = 200
+    ) -> Response:
+        html = render_template(
+            "login.html", tx=tx.id, email=email or tx.request.login_hint or "", error=error
+        )
+        return Response(html, status=status)
+
+    def mfa_form(tx: LoginTransaction, *, error: str | None = None, status: int = 200) -> Response:
+        with state.lock:
+            user = state.users[t.cast(str, tx.sub)]
+        return Response(render_template("mfa.html", tx=tx.id, email=user.email, error=error), status=status)
+
+    def transaction(tx_id: str) -> LoginTransaction | None:
+        with state.lock:
+            tx = state.login_transactions.get(tx_id)
+            if tx is not None and tx.expires_at <= state.clock.now():
+                del state.login_transactions[tx_id]
+                return None
+            return tx
+
+    def finish_login(tx: LoginTransaction, user: User, *, mfa_at: float | None) -> Response:
+        """Record the interactive login on this browser's SSO session, then issue the code."""
+        now = state.clock.now()
+        current = state.sso_session_by_cookie(request.cookies.get(SSO_COOKIE))
+        if current is not None and current.sub != user.sub:
+            # Another user was logged in on this browser: that session ends, as at Auth0.
+            state.end_sso_session(current.sid)
+            current = None
+        with state.lock:
+            state.login_transactions.pop(tx.id, None)
+            if current is not None:
+                current.auth_time = now
+                current.mfa_at = mfa_at or current.mfa_at
+        session = current or state.create_sso_session(user.sub, auth_time=now, mfa_at=mfa_at)
+        response = issue_code(tx.request, session)
+        response.set_cookie(SSO_COOKIE, session.cookie, httponly=True, samesite="Lax", path="/")
+        return response
+
+    @bp.get("/authorize")
+    def authorize() -> Response:
+        args = request.args
+        if args.get("client_id") != state.client_id:
+            return _page("Unknown client", f"Unknown client: {args.get('client_id')}", 400)
+        if args.get("redirect_uri") != state.config.redirect_uri:
+            return _page(
+                "Callback URL mismatch",
+                f"{args.get('redirect_uri')} is not in the list of Allowed Callback URLs.",
+                400,
+            )
+        try:
+            request_ = _parse_authorize(state, args)
+        except OAuthError as exc:
+            return _redirect(
+                args["redirect_uri"],
+                error=exc.error,
+                error_description=exc.description,
+                state=args.get("state"),
+            )
+
+        now = state.clock.now()
+        settings = state.settings
+        session = state.sso_session_by_cookie(request.cookies.get(SSO_COOKIE))
+        with state.lock:
+            user = state.users.get(session.sub) if session else None
+        # What the SSO session cannot provide, with the error prompt=none answers instead of asking.
+        need: tuple[str, str] | None = None
+        if (
+            session is None
+            or user is None
+            or "login" in request_.prompt
+            or (request_.max_age is not None and now - session.auth_time > request_.max_age)
+        ):
+            need = ("login", "login_required")
+        elif (
+            settings.default_policy_mfa
+            and not user.has_second_factor
+            and now - session.auth_time > DEFAULT_POLICY_WINDOW
+        ):
+            need = ("login", "unmet_authentication_requirements")
+        elif _mfa_pending(settings, request_, user, session.mfa_at, now):
+            need = ("mfa", "interaction_required")
+
+        if need is None:
+            return issue_code(request_, t.cast(SsoSession, session))
+        step, silent_error = need
+        if "none" in request_.prompt:
+            return _redirect(
+                request_.redirect_uri,
+                error=silent_error,
+                error_description="The user must authenticate interactively",
+                state=request_.state,
+            )
+        tx = LoginTransaction(
+            id=secrets.token_urlsafe(24), request=request_, expires_at=now + LOGIN_TRANSACTION_LIFETIME
+        )
+        if step == "mfa":
+            tx.sub = t.cast(User, user).sub
+        with state.lock:
+            for stale in [k for k, v in state.login_transactions.items() if v.expires_at <= now]:
+                del state.login_transactions[stale]
+            state.login_transactions[tx.id] = tx
+        return mfa_form(tx) if step == "mfa" else login_form(tx)
+
+    @bp.post("/u/login")
+    def login() -> Response:
+        tx = transaction(request.form.get("tx", ""))
+        if tx is None:
+            return _page(
+                "Login expired", "This login attempt has expired. Start again from the application.", 400
+            )
+        if request.form.get("action") == "deny":
+            return deny(tx)
+        email = request.form.get("email", "")
+        user = state.user_by_email(email)
+        password = request.form.get("password", "")
+        if user is None or not hmac.compare_digest(password.encode(), user.password.encode()):
+            return login_form(tx, email=email, error="Wrong email or password.", status=400)
+        now = state.clock.now()
+        if _mfa_pending(state.settings, tx.request, user, None, now):
+            with state.lock:
+                tx.sub = user.sub
+                tx.password_at = now
+            return mfa_form(tx)
+        return finish_login(tx, user, mfa_at=None)
+
+    @bp.post("/u/mfa")
+    def mfa() -> Response:
+        tx = transaction(request.form.get("tx", ""))
+        if tx is None or tx.sub is None:
+            return _page(
+                "Login expired", "This login attempt has expired. Start again from the application.", 400
+            )
+        if request.form.get("action") == "deny":
+            return deny(tx)
+        with state.lock:
+            user = state.users[tx.sub]
+        now = state.clock.now()
+        if not _verify_totp(user, request.form.get("otp", ""), now):
+            return mfa_form(tx, error="Wrong or expired code.", status=400)
+        return finish_login(tx, user, mfa_at=now)
+
+    # -- token endpoint ----------------------------------------------------------------------------------
+
+    def token_params() -> dict[str, str]:
+        """Form or JSON body (Auth0 takes both); reading it here also drains the socket before any latency."""
+        if request.is_json:
+            body = request.get_json(silent=True)
+            return {k: v for k, v in body.items() if isinstance(v, str)} if isinstance(body, dict) else {}
+        return request.form.to_dict()
+
+    def client_authenticated(params: dict[str, str]) -> bool:
+        """client_secret_basic (form-urlencoded id and secret, RFC 6749 2.3.1) or client_secret_post."""
+        auth = request.authorization
+        if auth is not None and auth.type == "basic":
+            client_id, secret = unquote_plus(auth.username or ""), unquote_plus(auth.password or "")
+        else:
+            client_id, secret = params.get("client_id", ""), params.get("client_secret", "")
+        return hmac.compare_digest(client_id.encode(), state.client_id.encode()) and hmac.compare_digest(
+            secret.encode(), state.client_secret.encode()
+        )
+
+    def exchange_code(params: dict[str, str], settings: TokenSettings) -> _Grant:
+        now = state.clock.now()
+        with state.lock:
+            # Popped before any check: a code is good for one attempt only.
+            code = state.codes.pop(params.get("code", ""), None)
+            if code is None or code.expires_at <= now:
+                raise OAuthError("invalid_grant", "Invalid authorization code")
+            if params.get("redirect_uri") != code.request.redirect_uri:
+                raise OAuthError("invalid_grant", "The redirect_uri does not match the authorization request")
+            verifier = params.get("code_verifier", "")
+            if not verifier or not hmac.compare_digest(pkce_s256(verifier), code.request.code_challenge):
+                raise OAuthError("invalid_grant", "Failed to verify code verifier")
+            user = state.users.get(code.sub)
+            if user is None:
+                raise OAuthError("invalid_grant", "The user no longer exists")
+            audience = code.request.audience or state.userinfo_audience
+            scope = code.request.scope
+            _check_default_policy(
+                state,
+                settings,
+                user,
+                audience=audience,
+                scope=scope,
+                auth_time=code.auth_time,
+                mfa_at=code.mfa_at,
+                now=now,
+            )
+            refresh_token = None
+            if "offline_access" in scope:
+                family = RefreshFamily(
+                    id="rtf_" + secrets.token_hex(8),
+                    sub=user.sub,
+                    sid=code.sid,
+                    audience=audience,
+                    scope=scope,
+                    auth_time=code.auth_time,
+                    mfa_at=code.mfa_at,
+                    created_at=now,
+                    last_used_at=now,
+                )
+                state.families[family.id] = family
+                refresh_token = state.new_refresh_token(family)
+            id_claims = None
+            if "openid" in scope:
+                id_claims = _id_token_claims(
+                    state,
+                    settings,
+                    user,
+                    scope=scope,
+                    sid=code.sid,
+                    auth_time=code.auth_time,
+                    nonce=code.request.nonce,
+                    amr=["pwd", "mfa"] if code.mfa_at is not None else ["pwd"],
+                )
+        return _Grant(user.sub, audience, scope, id_claims, refresh_token)
+
+    def refresh_target(
+        params: dict[str, str], settings: TokenSettings, family: RefreshFamily
+    ) -> tuple[str, tuple[str, ...]]:
+        """Audience and scope of a refresh, by the MRRT rules.
+
+        The login's audience allows the login's scopes plus its policy's; another audience allows the
+        policy's scopes plus the OIDC ones the login got. An audience that no policy names is ignored
+        silently, together with its scopes, and the login's audience answers
+        (configure-and-implement-multi-resource-refresh-token.md).
+        """
+        audience = params.get("audience") or family.audience
+        policy = settings.policy_for(audience)
+        if audience == family.audience:
+            allowed = _ordered((*family.scope, *(policy.scope if policy else ())))
+        elif policy is not None:
+            allowed = _ordered((*(s for s in family.scope if s in OIDC_SCOPES), *policy.scope))
+        else:
+            return family.audience, family.scope
+        requested = params.get("scope", "").split()
+        return audience, _ordered(s for s in requested if s in allowed) if requested else allowed
+
+    def exchange_refresh_token(params: dict[str, str], settings: TokenSettings) -> _Grant:
+        now = state.clock.now()
+        token = params.get("refresh_token", "")
+        invalid = OAuthError("invalid_grant", "Unknown or invalid refresh token.")
+        with state.lock:
+            record = state.refresh_tokens.get(token)
+            if record is None or record.family.revoked:
+                raise invalid
+            family = record.family
+            absolute, idle = settings.refresh_token_lifetime, settings.refresh_token_idle_lifetime
+            if (absolute is not None and now - family.created_at > absolute) or (
+                idle is not None and now - family.last_used_at > idle
+            ):
+                raise invalid
+            if record.rotated_at is not None:
+                # Reuse detection (refresh-token-rotation.md): a token already exchanged revokes the family,
+                # unless it is the one exchanged last and the overlap period has not run out.
+                in_overlap = (
+                    settings.leeway > 0
+                    and token == family.previous
+                    and now - record.rotated_at <= settings.leeway
+                )
+                if not in_overlap:
+                    family.revoked = True
+                    family.reuse_detected = True
+                    raise invalid
+            user = state.users.get(family.sub)
+            if user is None:
+                raise invalid
+            audience, scope = refresh_target(params, settings, family)
+            _check_default_policy(
+                state,
+                settings,
+                user,
+                audience=audience,
+                scope=scope,
+                auth_time=family.auth_time,
+                mfa_at=family.mfa_at,
+                now=now,
+            )
+            family.last_used_at = now
+            new_token = None
+            if settings.rotation:
+                if record.rotated_at is None:
+                    record.rotated_at = now
+                family.previous = token
+                new_token = state.new_refresh_token(family)
+            id_claims = None
+            if "openid" in scope:
+                # No amr on refreshed ID tokens (configure-step-up-authentication-for-web-apps.md).
+                id_claims = _id_token_claims(
+                    state,
+                    settings,
+                    user,
+                    scope=scope,
+                    sid=family.sid,
+                    auth_time=family.auth_time,
+                    nonce=None,
+                    amr=None,
+                )
+        return _Grant(user.sub, audience, scope, id_claims, new_token)
+
+    @bp.post("/oauth/token")
+    def token() -> Response:
+        params = token_params()
+        delay = state.next_token_latency()
+        if delay:
+            time.sleep(delay)
+            if client_disconnected(request.environ):
+                state.record_dropped_token_call()
+                # Nobody is listening; 499 is nginx's "client closed request" and only shows in logs.
+                return Response(status=499)
+        grant_type = params.get("grant_type", "")
+        fault = state.begin_token_call(grant_type, params.get("refresh_token"))
+        if fault is not None:
+            return _oauth_error(fault.status, fault.error, fault.description)
+        if not client_authenticated(params):
+            return _oauth_error(401, "invalid_client", "Client authentication failed")
+        settings = state.settings
+        try:
+            if grant_type == "authorization_code":
+                grant = exchange_code(params, settings)
+            elif grant_type == "refresh_token":
+                grant = exchange_refresh_token(params, settings)
+            else:
+                raise OAuthError("unsupported_grant_type", f"Unsupported grant type: {grant_type}")
+        except OAuthError as exc:
+            return _oauth_error(exc.status, exc.error, exc.description)
+
+        scope = " ".join(grant.scope)
+        body: dict[str, t.Any] = {
+            "access_token": state.mint_access_token(
+                sub=grant.sub, audience=grant.audience, scope=scope, lifetime=settings.access_token_lifetime
+            ),
+            "token_type": "Bearer",
+            "expires_in": settings.access_token_lifetime,
+            "scope": scope,
+        }
+        if grant.id_token_claims is not None:
+            body["id_token"] = state.sign(grant.id_token_claims)
+        if grant.refresh_token is not None:
+            body["refresh_token"] = grant.refresh_token
+        response = jsonify(body)
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Pragma"] = "no-cache"
+        return response
+
+    @bp.post("/oauth/revoke")
+    def revoke() -> Response:
+        params = token_params()
+        if not client_authenticated(params):
+            return _oauth_error(401, "invalid_client", "Client authentication failed")
+        token = params.get("token")
+        if not token:
+            return _oauth_error(400, "invalid_request", "Missing required parameter: token")
+        with state.lock:
+            record = state.refresh_tokens.get(token)
+            if record is not None:
+                record.family.revoked = True
+        # 200 with an empty body, also for a token we do not know (revoke-refresh-token.md, RFC 7009).
+        return Response(status=200)
+
+    # -- userinfo ----------------------------------------------------------------------------------------
+
+    @bp.route("/userinfo", methods=["GET", "POST"])
+    def userinfo() -> Response:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        unauthorized = Response(
+            "Unauthorized", status=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        )
+        if scheme.lower() != "bearer" or not token.strip():
+            return unauthorized
+        try:
+            claims = state.verify_access_token(token.strip())
+        except InvalidAccessToken:
+            return unauthorized
+        aud = claims.get("aud")
+        audiences = aud if isinstance(aud, list) else [aud]
+        with state.lock:
+            user = state.users.get(str(claims.get("sub")))
+        if state.userinfo_audience not in audiences or user is None:
+            return unauthorized
+        return jsonify(sub=user.sub, **_profile_claims(state, user, str(claims.get("scope", "")).split()))
+
+    # -- logout ------------------------------------------------------------------------------------------
+
+    @bp.route("/oidc/logout", methods=["GET", "POST"])
+    def logout() -> Response:
+        params = request.values
+        client_id = params.get("client_id")
+        if client_id is not None and client_id != state.client_id:
+            return _page("Logout failed", "Unknown client_id.", 400)
+        hint_sid: str | None = None
+        if params.get("id_token_hint"):
+            try:
+                hint = state.verify_signature(params["id_token_hint"])
+            except InvalidAccessToken:
+                return _page("Logout failed", "Invalid id_token_hint.", 400)
+            if hint.get("aud") != state.client_id:
+                return _page("Logout failed", "The id_token_hint was issued to another client.", 400)
+            hint_sid = hint.get("sid")
+        logout_hint = params.get("logout_hint")
+        if logout_hint and hint_sid and logout_hint != hint_sid:
+            return _page("Logout failed", "logout_hint does not match the sid of id_token_hint.", 400)
+        redirect_to = params.get("post_logout_redirect_uri")
+        if redirect_to and not _same_origin(redirect_to, state.bff_base_url):
+            return _page("Logout failed", f"{redirect_to} is not in the list of Allowed Logout URLs.", 400)
+
+        browser_session = state.sso_session_by_cookie(request.cookies.get(SSO_COOKIE))
+        sids = {sid for sid in (hint_sid or logout_hint, browser_session and browser_session.sid) if sid}
+        for sid in sids:
+            state.end_sso_session(sid)
+        if redirect_to:
+            response = _redirect(redirect_to, state=params.get("state"))
+        else:
+            response = _page("Logged out", "You are logged out.", 200)
+        response.delete_cookie(SSO_COOKIE, path="/")
+        return response
+
+    return bp

@@ -1,0 +1,369 @@
+/**
+ * bff.js — browser client for the bff backend-for-frontend. No token ever
+ * reaches the browser: calls go to this origin only, with the session cookie
+ * and the anti-forgery header `X-CSRF: 1` (which a cross-site page cannot send
+ * without a CORS preflight the BFF refuses). Failures reject with
+ * {@link BffError}, built from RFC 9457 problems and My Account API errors.
+ * @module bff
+ */
+
+const BFF = "/bff";
+const ME = "/me/v1";
+
+/** Problem type the BFF answers with when an action needs a fresh MFA login. */
+export const STEP_UP_REQUIRED = "urn:bff:problem:step-up-required";
+
+const settings = { redirectOnAuth: true, redirectOnStepUp: true };
+
+/**
+ * Change the defaults used by every call, including the `myAccount` helpers.
+ * @param {{redirectOnAuth?: boolean, redirectOnStepUp?: boolean}} options
+ *   `redirectOnAuth`: on a 401, navigate to the login page (default true).
+ *   `redirectOnStepUp`: on a step-up problem, navigate to its `login_url`
+ *   (default true); turn off to show your own prompt instead.
+ */
+export function configure(options) {
+  for (const key of Object.keys(settings)) {
+    if (typeof options[key] === "boolean") settings[key] = options[key];
+  }
+}
+
+/**
+ * An error answered by the BFF, or by the My Account API through it.
+ * Fields: `status`, `type` (problem type URI), `title`, `detail`, `loginUrl`
+ * (where to sign in again, when offered), `body` (the decoded body),
+ * `validationErrors` (My Account API field errors) and `redirecting` (true
+ * when the client already started navigating to a login page).
+ */
+export class BffError extends Error {
+  /**
+   * @param {number} status HTTP status.
+   * @param {unknown} [body] Decoded body: problem object, text or null.
+   * @param {string} [statusText] Fallback title.
+   */
+  constructor(status, body = null, statusText = "") {
+    const problem = body && typeof body === "object" ? body : {};
+    const title = problem.title || statusText || `Request failed (${status})`;
+    const detail = problem.detail || (typeof body === "string" ? body.slice(0, 500) : "");
+    super(detail || title);
+    this.name = "BffError";
+    this.status = status;
+    this.type = problem.type || "about:blank";
+    this.title = title;
+    this.detail = detail;
+    this.loginUrl = problem.login_url || null;
+    this.body = body;
+    this.validationErrors = Array.isArray(problem.validation_errors) ? problem.validation_errors : [];
+    this.redirecting = false;
+  }
+
+  /** True when the action needs the user to re-authenticate with MFA. */
+  get isStepUp() {
+    return this.type === STEP_UP_REQUIRED;
+  }
+}
+
+/**
+ * Percent-encode an id for use as one path segment, unless it is already
+ * encoded (ids read from `Location` headers, such as `passkey%7Cnew`, must be
+ * used unmodified; raw ids such as `totp|dev_1` become `totp%7Cdev_1`).
+ * @param {string} id
+ * @returns {string}
+ */
+export function encodeId(id) {
+  const value = String(id);
+  try {
+    if (decodeURIComponent(value) !== value) return value;
+  } catch {
+    // A lone "%" is not an encoding: encode it.
+  }
+  return encodeURIComponent(value);
+}
+
+/**
+ * Decode base64url (padding optional) to an ArrayBuffer.
+ * @param {string} text
+ * @returns {ArrayBuffer}
+ */
+export function fromBase64url(text) {
+  const base64 = text.replace(/-/g, "+").replace(/_/g, "/");
+  const binary = atob(base64 + "=".repeat((4 - (base64.length % 4)) % 4));
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes.buffer;
+}
+
+/**
+ * Encode an ArrayBuffer or typed array as unpadded base64url.
+ * @param {ArrayBuffer|ArrayBufferView} data
+ * @returns {string}
+ */
+export function toBase64url(data) {
+  const bytes = data instanceof ArrayBuffer
+    ? new Uint8Array(data)
+    : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  let binary = "";
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+const here = () => globalThis.location.pathname + globalThis.location.search;
+const navigate = (url) => globalThis.location.assign(url);
+const loginPath = (returnTo, params = {}) =>
+  `${BFF}/login?${new URLSearchParams({ returnTo, ...params })}`;
+
+/** Login URLs from problems are followed only when they stay on this origin. */
+function sameOrigin(url) {
+  try {
+    return new URL(url, globalThis.location.href).origin === globalThis.location.origin;
+  } catch {
+    return false;
+  }
+}
+
+function query(params) {
+  const search = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    for (const item of [].concat(value ?? [])) if (item !== "") search.append(key, String(item));
+  }
+  const text = search.toString();
+  return text ? `?${text}` : "";
+}
+
+/** Same-origin path of a `Location` header value, each segment encoded once. */
+function locationPath(header) {
+  const { pathname } = new URL(header, globalThis.location.href);
+  return pathname.split("/").map((segment) => (segment ? encodeId(segment) : segment)).join("/");
+}
+
+async function decode(response) {
+  if (response.status === 204 || response.status === 205) return null;
+  const text = await response.text();
+  if (!text) return null;
+  if (!/json/i.test(response.headers.get("Content-Type") || "")) return text;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+async function send(path, init = {}) {
+  const { body, headers, redirectOnAuth = settings.redirectOnAuth,
+    redirectOnStepUp = settings.redirectOnStepUp, ...rest } = init;
+  const sendHeaders = new Headers(headers);
+  sendHeaders.set("X-CSRF", "1");
+  if (!sendHeaders.has("Accept")) sendHeaders.set("Accept", "application/json, application/problem+json");
+  let payload = body;
+  if (Array.isArray(body) || Object.prototype.toString.call(body) === "[object Object]") {
+    payload = JSON.stringify(body);
+    sendHeaders.set("Content-Type", "application/json");
+  }
+  const response = await fetch(path, { ...rest, headers: sendHeaders, body: payload, credentials: "same-origin" });
+  const data = await decode(response);
+  if (response.ok) return { response, data };
+
+  const error = new BffError(response.status, data, response.statusText);
+  if (error.isStepUp) {
+    if (redirectOnStepUp && error.loginUrl && sameOrigin(error.loginUrl)) {
+      error.redirecting = true;
+      navigate(error.loginUrl);
+    }
+  } else if (error.status === 401 && redirectOnAuth) {
+    error.redirecting = true;
+    navigate(error.loginUrl && sameOrigin(error.loginUrl) ? error.loginUrl : loginPath(here()));
+  }
+  throw error;
+}
+
+/**
+ * Call the BFF on this origin. Adds `X-CSRF: 1` and the session cookie, encodes
+ * a plain-object or array `body` as JSON and decodes JSON answers.
+ *
+ * On a 401 it navigates to the problem's `login_url` (or `/bff/login` returning
+ * to this page) unless `redirectOnAuth: false`; on a step-up problem it
+ * navigates to the problem's `login_url` unless `redirectOnStepUp: false`.
+ * Either way it still rejects, with `error.redirecting` set.
+ *
+ * @param {string} path Same-origin path, e.g. `/me/v1/factors`.
+ * @param {RequestInit & {body?: unknown, redirectOnAuth?: boolean, redirectOnStepUp?: boolean}} [init]
+ * @returns {Promise<any>} The decoded body: parsed JSON, text, or null when empty.
+ * @throws {BffError} On any non-2xx answer. Network failures reject with a TypeError.
+ */
+export async function request(path, init) {
+  return (await send(path, init)).data;
+}
+
+/**
+ * The signed-in user, or null when nobody is signed in. Never navigates.
+ * @returns {Promise<{claims: Record<string, unknown>, session: {expires_in: number, idle_expires_in: number|null, created_at: number, acr: string|null, amr: string[]|null, auth_time: number|null}, logout_url: string}|null>}
+ */
+export async function user() {
+  try {
+    return await request(`${BFF}/user`, { redirectOnAuth: false, redirectOnStepUp: false });
+  } catch (error) {
+    if (error instanceof BffError && error.status === 401) return null;
+    throw error;
+  }
+}
+
+/**
+ * Navigate to the BFF login, coming back to `returnTo` afterwards.
+ * @param {string} [returnTo] Local path (defaults to the current page).
+ * @param {{acr_values?: string, max_age?: number, prompt?: string, login_hint?: string, scope?: string}} [params]
+ */
+export function login(returnTo = here(), params = {}) {
+  navigate(loginPath(returnTo, params));
+}
+
+/**
+ * End the BFF session, then navigate to the identity provider's logout URL so
+ * its session ends too. When already signed out, navigates to `/`.
+ * @returns {Promise<void>}
+ */
+export async function logout() {
+  let url = "/";
+  try {
+    const data = await request(`${BFF}/logout`, { method: "POST", redirectOnAuth: false });
+    url = data?.logout_url || url;
+  } catch (error) {
+    if (!(error instanceof BffError && error.status === 401)) throw error;
+  }
+  navigate(url);
+}
+
+/**
+ * Connect an external account (Token Vault): the BFF starts the flow and the
+ * browser goes to the provider. The user comes back to
+ * `returnTo?connected=<connection>` or `returnTo?error=<code>`.
+ * @param {string} connection Connection name, e.g. `google-oauth2`.
+ * @param {string[]} [scopes] Provider scopes to request.
+ * @param {string} [returnTo] Local path to come back to (defaults to this page).
+ * @param {Record<string, string|number>} [authorizationParams] e.g. `{login_hint}`.
+ * @returns {Promise<void>}
+ */
+export async function connect(connection, scopes, returnTo = here(), authorizationParams) {
+  const body = { connection, returnTo };
+  if (scopes?.length) body.scopes = scopes;
+  if (authorizationParams) body.authorization_params = authorizationParams;
+  const { redirect_url: url } = await request(`${BFF}/connect`, { method: "POST", body });
+  navigate(url);
+}
+
+/**
+ * The user's BFF sessions (devices).
+ * @returns {Promise<{sessions: Array<{id: string, current: boolean, created_at: number, last_seen: number, device: string}>}>}
+ */
+export function listSessions() {
+  return request(`${BFF}/sessions`);
+}
+
+/**
+ * End one of the user's BFF sessions.
+ * @param {string} id
+ * @returns {Promise<null>}
+ */
+export function endSession(id) {
+  return request(`${BFF}/sessions/${encodeId(id)}`, { method: "DELETE" });
+}
+
+const methodPath = (id) => `${ME}/authentication-methods/${encodeId(id)}`;
+
+/** Helpers for the My Account API routes the BFF allows; bodies are the API's own. */
+export const myAccount = {
+  /**
+   * @param {string} [type] Filter, e.g. `passkey`, `totp`.
+   * @returns {Promise<{authentication_methods: object[]}>}
+   */
+  listAuthenticationMethods: (type) => request(`${ME}/authentication-methods${query({ type })}`),
+
+  /** @param {string} id @returns {Promise<object>} */
+  getAuthenticationMethod: (id) => request(methodPath(id)),
+
+  /**
+   * Start enrolling a method. The result is the API body plus `location`, the
+   * BFF path of the new method, to pass to {@link myAccount.verify}.
+   * @param {string} type `passkey`, `totp`, `email`, `phone`, `recovery-code`, ...
+   * @param {object} [body] e.g. `{email}` or `{phone_number, preferred_authentication_method}`.
+   * @returns {Promise<object & {location: string|null}>}
+   */
+  async enroll(type, body = {}) {
+    const { response, data } = await send(`${ME}/authentication-methods`, { method: "POST", body: { ...body, type } });
+    return { ...data, location: response.headers.get("Location") };
+  },
+
+  /**
+   * Confirm an enrollment.
+   * @param {string} locationOrId The `location` from enroll (used unmodified) or a method id.
+   * @param {object} body `{auth_session, otp_code}`, `{auth_session}` or the passkey body.
+   * @returns {Promise<object>} The confirmed method.
+   */
+  verify(locationOrId, body) {
+    const target = /^\/|^[a-z][a-z0-9+.-]*:\/\//i.test(locationOrId)
+      ? locationPath(locationOrId)
+      : methodPath(locationOrId);
+    return request(`${target}/verify`, { method: "POST", body });
+  },
+
+  /** @param {string} id @param {string} name @returns {Promise<object>} */
+  rename: (id, name) => request(methodPath(id), { method: "PATCH", body: { name } }),
+
+  /** @param {string} id @returns {Promise<null>} */
+  deleteAuthenticationMethod: (id) => request(methodPath(id), { method: "DELETE" }),
+
+  /** @returns {Promise<{factors: Array<{type: string, usage?: string[]}>}>} */
+  listFactors: () => request(`${ME}/factors`),
+
+  /**
+   * @param {{connection?: string|string[], from?: string, take?: number}} [options]
+   * @returns {Promise<{accounts: object[], next?: string}>}
+   */
+  listConnectedAccounts: ({ connection, from, take } = {}) =>
+    request(`${ME}/connected-accounts/accounts${query({ connection, from, take })}`),
+
+  /**
+   * @param {{from?: string, take?: number}} [options]
+   * @returns {Promise<{connections: Array<{name: string, strategy: string, scopes?: string[]}>, next?: string}>}
+   */
+  listConnections: ({ from, take } = {}) =>
+    request(`${ME}/connected-accounts/connections${query({ from, take })}`),
+
+  /** @param {string} id @returns {Promise<null>} */
+  deleteConnectedAccount: (id) => request(`${ME}/connected-accounts/accounts/${encodeId(id)}`, { method: "DELETE" }),
+
+  /**
+   * Enroll a passkey end to end: start the enrollment, let the browser create
+   * the credential (WebAuthn), then verify it at `{Location}/verify`.
+   * @param {{connection?: string, identity_user_id?: string}} [options]
+   * @returns {Promise<object>} The new passkey method.
+   * @throws {DOMException} From `navigator.credentials.create` (e.g. NotAllowedError when cancelled).
+   */
+  async enrollPasskey(options = {}) {
+    const { auth_session, authn_params_public_key: creation, location } = await myAccount.enroll("passkey", options);
+    if (!location) throw new BffError(502, { title: "Passkey enrollment answered without a Location header" });
+    const publicKey = {
+      ...creation,
+      challenge: fromBase64url(creation.challenge),
+      user: { ...creation.user, id: fromBase64url(creation.user.id) },
+    };
+    if (creation.excludeCredentials) {
+      publicKey.excludeCredentials = creation.excludeCredentials.map((c) => ({ ...c, id: fromBase64url(c.id) }));
+    }
+    const credential = await navigator.credentials.create({ publicKey });
+    if (!credential) throw new DOMException("No passkey was created", "NotAllowedError");
+    const { response } = credential;
+    const authn_response = {
+      id: credential.id,
+      rawId: toBase64url(credential.rawId),
+      type: credential.type,
+      response: {
+        attestationObject: toBase64url(response.attestationObject),
+        clientDataJSON: toBase64url(response.clientDataJSON),
+        transports: response.getTransports?.() ?? [],
+      },
+      clientExtensionResults: credential.getClientExtensionResults?.() ?? {},
+    };
+    if (credential.authenticatorAttachment) authn_response.authenticatorAttachment = credential.authenticatorAttachment;
+    return myAccount.verify(location, { auth_session, authn_response });
+  },
+};
