@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import typing as t
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ class Reply:
     status: int = 200
     body: bytes = b'{"ok":true}'
     headers: list[tuple[str, str]] = field(default_factory=lambda: [("Content-Type", "application/json")])
+    delay: float = 0.0
 
 
 class RecordingUpstream:
@@ -49,6 +51,8 @@ class RecordingUpstream:
         with self._lock:
             self.seen.append(Seen(environ["REQUEST_METHOD"], environ["REQUEST_URI"], headers, body))
             reply = self.replies.pop(0) if self.replies else Reply(body=json.dumps({"ok": True}).encode())
+        if reply.delay:
+            time.sleep(reply.delay)
         start_response(f"{reply.status} X", reply.headers)
         return [reply.body]
 
