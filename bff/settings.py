@@ -201,14 +201,19 @@ class Settings:
             raw = optional(name)
             return default if raw is None else _positive_number(name, raw, kind)
 
+        # Required variables are checked in the order the documentation lists them.
+        issuer_url = required("BFF_ISSUER_URL")
+        client_id = required("BFF_CLIENT_ID")
+        client_secret = required("BFF_CLIENT_SECRET")
+        base_url = required("BFF_BASE_URL")
         secrets = tuple(part.strip() for part in required("BFF_SECRET_KEY").split(",") if part.strip())
         step_up = optional("BFF_STEP_UP_SCOPES")
         defaults = cls.__dataclass_fields__
         return cls(
-            issuer_url=required("BFF_ISSUER_URL"),
-            client_id=required("BFF_CLIENT_ID"),
-            client_secret=required("BFF_CLIENT_SECRET"),
-            base_url=required("BFF_BASE_URL"),
+            issuer_url=issuer_url,
+            client_id=client_id,
+            client_secret=client_secret,
+            base_url=base_url,
             secret_keys=secrets,
             session_store=optional("BFF_SESSION_STORE"),
             scopes=optional("BFF_SCOPES") or DEFAULT_SCOPES,
