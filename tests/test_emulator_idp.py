@@ -479,6 +479,14 @@ def test_default_policy_without_a_second_factor_answers_unmet_requirements_after
     assert refused.status_code == 403 and refused.json()["error"] == "unmet_authentication_requirements"
 
 
+def test_default_policy_without_a_second_factor_wants_a_fresh_login_after_fifteen_minutes(idp: Idp) -> None:
+    idp.state.configure(default_policy_mfa=True)
+    idp.login_code()
+    idp.state.clock.advance(16 * 60)
+    assert callback_params(idp, idp.authorize(prompt="none"))["error"] == "unmet_authentication_requirements"
+    assert 'name="password"' in idp.authorize().text
+
+
 def test_default_policy_asks_for_the_code_again_once_the_sessions_mfa_is_stale(
     idp: Idp, mfa_user: tuple[str, str]
 ) -> None:

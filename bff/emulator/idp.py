@@ -56,6 +56,7 @@ SSO_COOKIE = "auth0"
 
 _PKCE_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
 _PROMPTS = frozenset({"none", "login", "consent", "select_account"})
+_LOGIN_EXPIRED = ("Login expired", "This login attempt has expired. Start again from the application.")
 
 
 class OAuthError(Exception):
@@ -498,9 +499,7 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
     def login() -> Response:
         tx = transaction(request.form.get("tx", ""))
         if tx is None:
-            return _page(
-                "Login expired", "This login attempt has expired. Start again from the application.", 400
-            )
+            return _page(*_LOGIN_EXPIRED, 400)
         if request.form.get("action") == "deny":
             return deny(tx)
         email = request.form.get("email", "")
@@ -508,11 +507,9 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
         password = request.form.get("password", "")
         if user is None or not hmac.compare_digest(password.encode(), user.password.encode()):
             return login_form(tx, email=email, error="Wrong email or password.", status=400)
-        now = state.clock.now()
-        if _mfa_pending(state.settings, tx.request, user, None, now):
+        if _mfa_pending(state.settings, tx.request, user, None, state.clock.now()):
             with state.lock:
                 tx.sub = user.sub
-                tx.password_at = now
             return mfa_form(tx)
         return finish_login(tx, user, mfa_at=None)
 
@@ -520,9 +517,7 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
     def mfa() -> Response:
         tx = transaction(request.form.get("tx", ""))
         if tx is None or tx.sub is None:
-            return _page(
-                "Login expired", "This login attempt has expired. Start again from the application.", 400
-            )
+            return _page(*_LOGIN_EXPIRED, 400)
         if request.form.get("action") == "deny":
             return deny(tx)
         with state.lock:

@@ -266,7 +266,6 @@ class LoginTransaction:
     request: AuthorizeRequest
     expires_at: float
     sub: str | None = None
-    password_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -577,10 +576,6 @@ class EmulatorState:
     def reuse_detected(self, family: str) -> bool:
         with self.lock:
             return self.families[family].reuse_detected
-
-    def revoke_family(self, family: str) -> None:
-        with self.lock:
-            self.families[family].revoked = True
 
     # -- refresh tokens ----------------------------------------------------------------------------------
 
