@@ -1,22 +1,47 @@
-"""One contract, every store: what the session, token and flow layers rely on."""
+"""One contract, every store: what the session, token and flow layers rely on.
+
+The Redis backend runs the contract three ways: a plain ``redis://`` server, a TLS-only server
+(``rediss://``, certificate from a throwaway CA) and through Sentinel (``redis+sentinel://``).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import threading
 import time
 import typing as t
 
 import pytest
+import redis
+from redis.sentinel import MasterNotFoundError
 
 from bff.errors import StoreUnavailable
 from bff.store import SessionStore, open_store
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, SentinelServer
+from tests.support.tls import make_ca
+
+STORES = ["redis", "redis-tls", "redis-sentinel", "sqlite"]
 
 
-@pytest.fixture(params=["redis", "sqlite"])
-def store(request: pytest.FixtureRequest, redis_url: str, tmp_path: t.Any) -> t.Iterator[SessionStore]:
-    url = redis_url if request.param == "redis" else f"sqlite:///{tmp_path}/store.db"
-    opened = open_store(url)
+def _store_url(kind: str, request: pytest.FixtureRequest, tmp_path: t.Any) -> str:
+    # Servers are looked up lazily, so selecting one kind (``-k sqlite``) starts only what it needs.
+    if kind == "redis":
+        return t.cast(str, request.getfixturevalue("redis_url"))
+    if kind == "redis-tls":
+        tls_server: RedisServer = request.getfixturevalue("redis_tls_server")
+        tls_server.flush()
+        return tls_server.url
+    if kind == "redis-sentinel":
+        sentinel: SentinelServer = request.getfixturevalue("redis_sentinel")
+        sentinel.primary.flush()
+        return sentinel.url
+    return f"sqlite:///{tmp_path}/store.db"
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[SessionStore]:
+    opened = open_store(_store_url(request.param, request, tmp_path))
     yield opened
     opened.close()
 

@@ -7,6 +7,7 @@ acquiring it, the fenced write, the lease, and classification by OAuth error cod
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import threading
 import time
 import typing as t
@@ -168,10 +169,8 @@ def test_a_dead_lock_holder_does_not_block_the_others(two_bffs: TwoBffs) -> None
 
 
 def _swallow(call: t.Callable[[], t.Any]) -> None:
-    try:
+    with contextlib.suppress(requests.RequestException):
         call()
-    except requests.RequestException:
-        pass
 
 
 # --- One process, several threads ---------------------------------------------------------------

@@ -19,9 +19,9 @@ import hashlib
 import json
 import re
 import secrets
-import typing as t
 
 from flask import Blueprint, Response, jsonify, redirect, request
+from werkzeug.wrappers import Response as BaseResponse
 
 from ..errors import Problem
 from ..security import check_anti_forgery, safe_return_to
@@ -84,7 +84,7 @@ def _login_params(svc: Services) -> dict[str, str]:
 
 
 @blueprint.get("/login")
-def login() -> Response:
+def login() -> BaseResponse:
     return_to = safe_return_to(request.args.get("returnTo"))
     svc = services()
     extra = _login_params(svc)
@@ -119,7 +119,7 @@ def login() -> Response:
 
 
 @blueprint.get("/callback")
-def callback() -> Response:
+def callback() -> BaseResponse:
     svc = services()
     args = request.args
     state = args.get("state")
@@ -229,7 +229,7 @@ def logout() -> Response:
 
 
 @blueprint.get("/logout")
-def logout_link() -> Response:
+def logout_link() -> BaseResponse:
     """Plain-link logout; requires the session's logout tag so it cannot be triggered cross-site."""
     svc = services()
     session = require_session()

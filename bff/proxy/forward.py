@@ -23,7 +23,7 @@ from urllib3.util import Retry, Timeout
 
 from ..settings import Settings
 
-__all__ = ["Forwarder", "UpstreamFailure", "UpstreamResponse", "BFF_PREFIX"]
+__all__ = ["BFF_PREFIX", "Forwarder", "UpstreamFailure", "UpstreamResponse"]
 
 BFF_PREFIX = "/me/v1"
 

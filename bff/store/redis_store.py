@@ -136,7 +136,7 @@ class RedisStore(SessionStore):
     @_guard
     def write(self, sid: str, fields: t.Mapping[str, bytes], ttl: float) -> None:
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(self._s(sid), mapping=dict(fields))
+        pipe.hset(self._s(sid), mapping=t.cast(t.Any, dict(fields)))
         pipe.pexpire(self._s(sid), _ms(ttl))
         pipe.execute()
 
@@ -189,7 +189,7 @@ class RedisStore(SessionStore):
 
     @_guard
     def index_members(self, index: str) -> set[str]:
-        return {member.decode() for member in self._redis.smembers(self._i(index))}
+        return {t.cast(bytes, member).decode() for member in self._redis.smembers(self._i(index))}
 
     @_guard
     def index_remove(self, index: str, member: str) -> None:
@@ -219,8 +219,9 @@ def _sentinel_client(url: str, options: dict[str, t.Any]) -> redis.Redis:
     query = parse_qs(parts.query)
     db = int(query.get("db", ["0"])[0])
     sentinel_options = {k: v for k, v in options.items() if k in ("socket_timeout", "socket_connect_timeout")}
-    sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_options, **sentinel_options)
+    sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_options, **sentinel_options)  # type: ignore[no-untyped-call]
     client_options = {k: v for k, v in options.items() if k != "max_connections"}
     return t.cast(
-        redis.Redis, sentinel.master_for(service, password=password, db=db, **client_options)
+        redis.Redis,
+        sentinel.master_for(service, password=password, db=db, **client_options),  # type: ignore[no-untyped-call]
     )

@@ -90,7 +90,7 @@ class TokenClient:
         return OAuth2Session(
             self._settings.client_id,
             self._settings.client_secret,
-            token_endpoint_auth_method="client_secret_post",
+            token_endpoint_auth_method="client_secret_post",  # noqa: S106 - a method name
             revocation_endpoint_auth_method="client_secret_post",
             default_timeout=self._settings.token_timeout,
         )
@@ -136,7 +136,7 @@ class TokenClient:
                 response = session.revoke_token(
                     endpoint,
                     token=refresh_token,
-                    token_type_hint="refresh_token",
+                    token_type_hint="refresh_token",  # noqa: S106 - a hint name
                     timeout=self._settings.token_timeout,
                 )
             except requests.RequestException as error:
@@ -145,31 +145,32 @@ class TokenClient:
             return bool(response.status_code == 200)
 
     def _call(self, call: t.Callable[[], t.Any], session: OAuth2Session) -> TokenSet | TokenFailure:
-        status = {"code": 0, "retry_after": None}
+        # authlib parses the response before returning; the hooks keep what classification needs.
+        seen: list[requests.Response] = []
 
         def remember(response: requests.Response) -> requests.Response:
-            status["code"] = response.status_code
-            status["retry_after"] = response.headers.get("Retry-After")
+            seen.append(response)
             return response
 
         session.register_compliance_hook("access_token_response", remember)
         session.register_compliance_hook("refresh_token_response", remember)
+        def status() -> int:
+            return seen[-1].status_code if seen else 0
+
         try:
             token = call()
         except OAuthError as error:
-            return _classify(
-                int(status["code"] or 0), str(error.error), str(error.description or ""),
-                t.cast("str | None", status["retry_after"]),
-            )
+            retry_after = seen[-1].headers.get("Retry-After") if seen else None
+            return _classify(status(), str(error.error), str(error.description or ""), retry_after)
         except requests.Timeout:
             return TokenFailure("unavailable", "timeout", "The token endpoint did not answer in time.")
         except (requests.RequestException, json.JSONDecodeError, ValueError):
-            code = int(status["code"] or 0)
+            code = status()
             if code == 0:
                 return TokenFailure("unavailable", "unreachable", "The token endpoint could not be reached.")
             return _classify(code, "server_error", f"The token endpoint answered HTTP {code}.", None)
-        code = int(status["code"] or 0)
-        if code and code >= 400:
+        code = status()
+        if code >= 400:
             return _classify(code, "server_error", f"The token endpoint answered HTTP {code}.", None)
         access_token = token.get("access_token")
         if not isinstance(access_token, str) or not access_token:

@@ -38,7 +38,7 @@ from ..settings import Settings
 from ..store import SessionStore
 from .endpoint import TokenClient, TokenFailure, TokenSet
 
-__all__ = ["AccessToken", "ScopePlan", "TokenError", "TokenManager", "MFA_ACR"]
+__all__ = ["MFA_ACR", "AccessToken", "ScopePlan", "TokenError", "TokenManager"]
 
 log = logging.getLogger(__name__)
 

@@ -1,19 +1,33 @@
-"""A private redis-server for the test session, on a free loopback port.
+"""Private redis-server processes for the test session, on free loopback ports.
 
-The machine may run a shared Redis; tests never touch it. This server is started from the
-``redis-server`` binary, persists to a private directory, and can be stopped and restarted on the same
-port to simulate an outage.
+The machine may run a shared Redis; tests never touch it. Every server here is started from the
+``redis-server`` binary, binds 127.0.0.1 only and keeps its files in a private directory:
+
+* :class:`RedisServer` — a standalone server, optionally TLS-only (``rediss://``) or a replica of
+  another one; it can be stopped and restarted on the same port to simulate an outage.
+* :class:`SentinelServer` — a Sentinel (the same binary with ``--sentinel``) monitoring one primary,
+  reached through ``redis+sentinel://``.
+
+Every wait has a deadline; a process that exits early is reported with the tail of its log.
 """
 
 from __future__ import annotations
 
+import contextlib
+import pathlib
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import typing as t
+from urllib.parse import quote
 
 import redis
+
+from tests.support.tls import ServerCertificate
+
+_START_TIMEOUT = 10.0
 
 
 def free_port() -> int:
@@ -22,49 +36,245 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RedisServer:
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (the README's test command installs it)")
-        self.binary = binary
+def wait_until(condition: t.Callable[[], bool], *, timeout: float, what: str, interval: float = 0.02) -> None:
+    """Poll ``condition`` until it holds; Redis errors count as "not yet"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(redis.RedisError):
+            if condition():
+                return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (the README's test command installs it)")
+    return binary
+
+
+class _Process:
+    """A redis-server process with a private directory and log file."""
+
+    name = "redis-server"
+
+    def __init__(self, prefix: str) -> None:
+        self.binary = _binary()
         self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="bff-redis-")
+        self.dir = tempfile.mkdtemp(prefix=prefix)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+    def log(self) -> pathlib.Path:
+        return pathlib.Path(self.dir) / "server.log"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        raise NotImplementedError
 
-    def start(self) -> None:
+    def _ready(self, client: redis.Redis) -> bool:
+        return bool(client.ping())
+
+    def _spawn(self, args: list[str]) -> None:
         self.process = subprocess.Popen(
-            [
-                self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--dir", self.dir,
-                # An append-only file in a private directory: a stop and restart (an outage) keeps
-                # the data, as a production Redis with persistence would.
-                "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "yes",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [self.binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                self.process = None
+                raise RuntimeError(f"{self.name} exited with status {code}:\n{self.log_tail()}")
             try:
-                if self.client().ping():
-                    return
+                with self.client() as client:
+                    if self._ready(client):
+                        return
             except redis.RedisError:
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
+                pass
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not become ready on port {self.port}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
 
     def stop(self) -> None:
+        """SIGTERM and wait (a clean shutdown; with persistence the data survives a restart)."""
         if self.process is not None:
             self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+            self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies at once, as in a crash or a lost host."""
+        if self.process is not None:
+            self.process.kill()
             self.process.wait(timeout=10)
             self.process = None
 
+    def destroy(self) -> None:
+        """Stop the process and remove its directory."""
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisServer(_Process):
+    """A standalone redis-server; with ``tls`` it listens on a TLS port only.
+
+    With ``replica_of`` it starts as a replica of that server (plain TCP between them).
+    """
+
+    def __init__(
+        self, *, tls: ServerCertificate | None = None, replica_of: RedisServer | None = None
+    ) -> None:
+        super().__init__("bff-redis-")
+        if tls is not None and replica_of is not None:
+            raise ValueError("a TLS replica is not supported by this helper")
+        self.tls = tls
+        self.replica_of = replica_of
+
+    @property
+    def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={quote(str(self.tls.ca))}"
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        if self.tls is not None:
+            return redis.Redis(
+                host="127.0.0.1", port=self.port, socket_timeout=2, ssl=True, ssl_ca_certs=str(self.tls.ca)
+            )
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+    def start(self) -> None:
+        args = ["--bind", "127.0.0.1", "--save", "", "--dir", self.dir, "--logfile", str(self.log)]
+        if self.tls is None:
+            args += ["--port", str(self.port)]
+        else:
+            args += [
+                "--port", "0", "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
+                "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no",
+            ]
+        args += [
+            # An append-only file in a private directory: a stop and restart (an outage) keeps
+            # the data, as a production Redis with persistence would.
+            "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "yes",
+            # Replicas sync at once instead of after the default five-second batching delay.
+            "--repl-diskless-sync-delay", "0",
+        ]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
+        self._spawn(args)
+
     def flush(self) -> None:
-        self.client().flushall()
+        with self.client() as client:
+            client.flushall()
+
+    def role(self) -> str:
+        with self.client() as client:
+            return str(client.info("replication")["role"])
+
+    def wait_until_synced(self, timeout: float = 10.0) -> None:
+        """For a replica: wait until its link to the primary is up and the initial sync is done."""
+
+        def synced() -> bool:
+            with self.client() as client:
+                info = client.info("replication")
+            return info.get("master_link_status") == "up" and not info.get("master_sync_in_progress")
+
+        wait_until(synced, timeout=timeout, what=f"replica on port {self.port} to sync")
+
+
+class SentinelServer(_Process):
+    """A Sentinel monitoring ``primary`` as ``service`` (quorum 1), with short failover timings."""
+
+    name = "redis-sentinel"
+
+    def __init__(
+        self,
+        primary: RedisServer,
+        *,
+        service: str = "mymaster",
+        down_after_ms: int = 400,
+        failover_timeout_ms: int = 2000,
+    ) -> None:
+        super().__init__("bff-sentinel-")
+        self.primary = primary
+        self.service = service
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.expected_replicas = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, decode_responses=True)
+
+    def start(self, *, replicas: int = 0) -> None:
+        """Start and wait until the sentinel sees the primary up and ``replicas`` replicas linked."""
+        self.expected_replicas = replicas
+        conf = pathlib.Path(self.dir) / "sentinel.conf"  # Sentinel rewrites it: it must be writable.
+        conf.write_text(
+            "\n".join(
+                [
+                    f"port {self.port}",
+                    "bind 127.0.0.1",
+                    f"dir {self.dir}",
+                    f"logfile {self.log}",
+                    f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 1",
+                    f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}",
+                    f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}",
+                    f"sentinel parallel-syncs {self.service} 1",
+                    "",
+                ]
+            )
+        )
+        self._spawn([str(conf), "--sentinel"])
+
+    def _ready(self, client: redis.Redis) -> bool:
+        # A Sentinel answers PING before it has reached the primary: wait until it reports the
+        # primary as up (no "disconnected"/"s_down" flags) and has discovered the replicas.
+        state = client.sentinel_master(self.service)
+        if _flags(state) != {"master"} or state.get("role-reported") != "master":
+            return False
+        return len(self.linked_replicas(client)) >= self.expected_replicas
+
+    def linked_replicas(self, client: redis.Redis) -> list[dict[str, t.Any]]:
+        replicas = client.sentinel_slaves(self.service)
+        return [
+            replica for replica in replicas
+            if _flags(replica) == {"slave"} and replica.get("master-link-status") == "ok"
+        ]
+
+    def master_address(self) -> tuple[str, int]:
+        with self.client() as client:
+            host, port = client.sentinel_get_master_addr_by_name(self.service)
+        return str(host), int(port)
+
+    def wait_for_primary(self, port: int, timeout: float = 15.0) -> None:
+        """Wait until the sentinel names the server on ``port`` as the (healthy) primary."""
+
+        def promoted() -> bool:
+            with self.client() as client:
+                state = client.sentinel_master(self.service)
+            return int(state["port"]) == port and _flags(state) == {"master"}
+
+        wait_until(promoted, timeout=timeout, what=f"sentinel to name port {port} the primary", interval=0.05)
+
+
+def _flags(state: t.Mapping[str, t.Any]) -> set[str]:
+    flags = state["flags"]
+    return set(flags.split(",")) if isinstance(flags, str) else set(flags)
