@@ -32,7 +32,7 @@ from .errors import StoreUnavailable, problem_response
 from .settings import Settings
 from .store import Record, SessionStore
 
-__all__ = ["BffSession", "DOC", "REFRESH", "SEEN", "StoreSessionInterface", "ACCESS_PREFIX"]
+__all__ = ["ACCESS_PREFIX", "DOC", "REFRESH", "SEEN", "BffSession", "StoreSessionInterface"]
 
 DOC = "doc"
 REFRESH = "rt"

@@ -11,9 +11,17 @@ import sys
 import tempfile
 from importlib import resources
 
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
-__all__ = ["demo_static_dir", "run_demo"]
+__all__ = ["PathOnlyLogHandler", "demo_static_dir", "run_demo"]
+
+
+class PathOnlyLogHandler(WSGIRequestHandler):
+    """Log method, path and status only: query strings carry login codes and states."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        path = self.path.split("?", 1)[0]
+        self.log("info", '"%s %s" %s %s', self.command, path, code, size)
 
 
 def demo_static_dir() -> str:
@@ -42,7 +50,7 @@ def run_demo(*, host: str = "127.0.0.1", port: int = 8000, emulator_port: int = 
     )
     app = create_app(settings)
     try:
-        server = make_server(host, port, app, threaded=True)
+        server = make_server(host, port, app, threaded=True, request_handler=PathOnlyLogHandler)
     except OSError as error:
         emulator.stop()
         print(f"bff demo: cannot listen on {host}:{port} ({error.strerror}); try --port", file=sys.stderr)
