@@ -7,9 +7,12 @@ from importlib import resources
 
 from flask import Flask, Response, abort, request, send_from_directory
 
+from .auth import backchannel as backchannel_views
+from .auth import sessions as sessions_views
 from .auth import views as auth_views
 from .clock import Clock, SystemClock
 from .errors import register_error_handlers
+from .flows import connect as connect_views
 from .health import blueprint as health_blueprint
 from .oidc import Provider
 from .proxy import views as proxy_views
@@ -87,6 +90,9 @@ def create_app(
     register_error_handlers(app)
     app.register_blueprint(health_blueprint)
     app.register_blueprint(auth_views.blueprint)
+    app.register_blueprint(backchannel_views.blueprint)
+    app.register_blueprint(sessions_views.blueprint)
+    app.register_blueprint(connect_views.blueprint)
     app.register_blueprint(proxy_views.blueprint)
     _register_static(app, settings)
     _register_activity(app, settings, store, sessions, clock)

@@ -137,6 +137,20 @@ class Provider:
             params["id_token_hint"] = id_token
         return f"{endpoint}?{urlencode(params)}"
 
+    # Signed tokens ---------------------------------------------------------------------------
+
+    def verified_claims(self, token: str) -> dict[str, t.Any]:
+        """The claims of an RS256 JWT signed with one of the IdP's keys, else ``JoseError``/``ValueError``.
+
+        Only the signature is checked here; the caller must validate every claim it relies on. An
+        unknown ``kid`` refetches the JWKS at most once a minute, so forged tokens cannot make the
+        BFF hammer the IdP.
+        """
+        try:
+            return dict(jwt.decode(token, self._keys(refresh=False), algorithms=["RS256"]).claims)
+        except (JoseError, ValueError):
+            return dict(jwt.decode(token, self._keys(refresh=True), algorithms=["RS256"]).claims)
+
     # ID tokens -------------------------------------------------------------------------------
 
     def validate_id_token(self, id_token: str, *, nonce: str) -> dict[str, t.Any]:

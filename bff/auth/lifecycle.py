@@ -12,12 +12,11 @@ import logging
 import typing as t
 
 from ..services import Services
-from ..session import DOC, REFRESH, SEEN, BffSession
+from ..session import ACCESS_PREFIX, DOC, REFRESH, SEEN, BffSession
 from ..tokens.endpoint import TokenSet
 from ..tokens.manager import LOGIN_SET, encode_access, jwt_audiences
-from ..session import ACCESS_PREFIX
 
-__all__ = ["end_session", "sub_index", "idp_sid_index", "start_session"]
+__all__ = ["end_session", "idp_sid_index", "start_session", "sub_index"]
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ def end_record(svc: Services, sid: str, doc: t.Mapping[str, t.Any], *, revoke: b
         if refresh_token:
             try:
                 endpoint = svc.provider.endpoint("revocation_endpoint")
-            except Exception:  # noqa: BLE001 - discovery failure must not block logout
+            except Exception:
                 endpoint = svc.settings.issuer_url + "oauth/revoke"
             if not svc.token_client.revoke(endpoint, refresh_token.decode()):
                 log.warning("refresh token could not be revoked at logout")
@@ -119,6 +118,24 @@ def end_session(svc: Services, session: BffSession, *, revoke: bool) -> str | No
     return opened.decode() if opened else None
 
 
+def load_session(svc: Services, sid: str) -> BffSession | None:
+    """The logged-in session ``sid`` as the session interface would open it, or ``None``.
+
+    For requests that reach a session without its cookie (the connect callback after a cross-site
+    redirect, session management): the same checks apply, so an ended or expired session is never
+    revived here.
+    """
+    record = svc.store.load(sid)
+    document = load_document(record.fields.get(DOC)) if record is not None else None
+    if record is None or document is None or not document.get("sub"):
+        return None
+    if float(document.get("expires_at", 0)) <= svc.clock.now():
+        return None
+    session = BffSession(document, sid=sid)
+    session.record = record
+    return session
+
+
 def load_document(raw: bytes | None) -> dict[str, t.Any] | None:
     if raw is None:
         return None
@@ -129,4 +146,4 @@ def load_document(raw: bytes | None) -> dict[str, t.Any] | None:
     return value if isinstance(value, dict) else None
 
 
-__all__ += ["DOC", "end_record", "load_document", "public_claims"]
+__all__ += ["DOC", "end_record", "load_document", "load_session", "public_claims"]

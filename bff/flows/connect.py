@@ -1,0 +1,409 @@
+"""Connected Accounts, run server-side: ``POST /bff/connect`` and ``GET /bff/connect/callback``.
+
+The My Account API's connect/complete pair (connected-accounts-for-token-vault.md) needs an access
+token, a PKCE verifier and an ``auth_session`` that must never reach the browser, so the BFF runs
+the flow itself and the proxy never exposes those two routes:
+
+1. ``POST /bff/connect`` ``{connection, scopes?, returnTo?, authorization_params?}`` with
+   ``X-CSRF: 1``: validates everything, obtains a ``create:me:connected_accounts`` token for the
+   session, generates ``state`` and a PKCE pair, calls ``POST /connected-accounts/connect`` with
+   the BFF's callback as ``redirect_uri``, and keeps ``{auth_session, code_verifier,
+   redirect_uri, returnTo, connection}`` sealed in the store under ``connect:<state>`` for the
+   flow's ``expires_in``. Answers ``{"redirect_url": connect_uri?ticket=…}`` for the SPA to
+   navigate to.
+2. ``GET /bff/connect/callback?connect_code=…&state=…``: consumes the transaction exactly once,
+   calls ``POST /connected-accounts/complete`` and redirects (302) to ``returnTo`` with
+   ``connected=<connection>`` or ``error=<code>`` added to its query.
+
+Callback outcomes: an unknown, expired, replayed or foreign ``state`` is a 400 problem (there is
+no trustworthy place to send the browser). Everything after the state is proven is a redirect:
+``error=access_denied`` (or the provider's other error code) when the user declined,
+``error=already_connected`` when the API answers 409, ``error=step_up_required`` /
+``login_required`` when no token could be had, ``error=temporarily_unavailable`` for 429/5xx and
+``error=connect_failed`` for anything else.
+
+Security:
+
+* CSRF: starting a flow needs ``X-CSRF: 1`` and a same-origin ``Origin``, so a cross-site page
+  cannot link an attacker-chosen account or burn the user's consent.
+* Binding: the session cookie is ``SameSite=Strict`` and is not sent on the redirect back from
+  the cross-site consent page. The transaction therefore holds the session id *and* the hash of
+  a short-lived ``SameSite=Lax`` binding cookie (``bff-connect``, ``__Host-bff-connect`` over
+  https) set when the flow starts. The callback requires that cookie, and refuses a transaction
+  of another session when a session cookie is present, so a callback URL planted on a victim
+  (with the attacker's ``connect_code``) links nothing to the victim's account. One binding
+  value is reused per browser, so flows started in several tabs each complete.
+* Single use: the transaction is taken atomically; a replayed callback finds nothing.
+* ``authorization_params`` are limited to an allowlist; ``id_token_hint`` is refused because
+  the browser has no business choosing which identity the provider assumes.
+* ``returnTo`` is a local path (:func:`bff.security.safe_return_to`): no open redirect.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+import typing as t
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from flask import Blueprint, Response, jsonify, redirect, request
+from werkzeug.wrappers import Response as BaseResponse
+
+from ..auth.lifecycle import load_session
+from ..auth.views import require_session
+from ..errors import Problem
+from ..proxy.forward import UpstreamFailure, UpstreamResponse
+from ..security import check_anti_forgery, safe_return_to
+from ..services import Services, current_session, services
+from ..session import BffSession
+from ..settings import Settings
+from ..tokens.manager import TokenError
+
+__all__ = ["AUTHORIZATION_PARAMS", "CONNECT_SCOPE", "blueprint", "connect_cookie_name"]
+
+blueprint = Blueprint("connect", __name__, url_prefix="/bff")
+
+CONNECT_SCOPE = "create:me:connected_accounts"
+_CONNECT_PATH = "/connected-accounts/connect"
+_COMPLETE_PATH = "/connected-accounts/complete"
+_KEY_PREFIX = "connect:"
+#: Upper bound on how long a transaction is kept, whatever ``expires_in`` the API names.
+_MAX_FLOW_TTL = 3600
+_INSUFFICIENT_SCOPE = "A0E-403-0002"
+
+_BODY_KEYS = frozenset({"connection", "scopes", "returnTo", "authorization_params"})
+_CONNECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_SCOPE = re.compile(r"[\x21-\x7e]{1,255}")
+_TEXT = re.compile(r"[\x20-\x7e]+")
+_UI_LOCALES = re.compile(r"[a-zA-Z]{2}(-[a-zA-Z]{2})?(\s[a-zA-Z]{2}(-[a-zA-Z]{2})?)*")
+_BINDING = re.compile(r"[A-Za-z0-9_-]{32,64}")
+_STATE = re.compile(r"[A-Za-z0-9_-]{20,128}")
+_CONNECT_CODE = re.compile(r"[\x21-\x7e]{1,256}")
+_ERROR_CODE = re.compile(r"[a-z0-9_]{1,64}")
+_MAX_SCOPES = 100
+
+
+def _text(limit: int) -> t.Callable[[object], bool]:
+    return lambda value: isinstance(value, str) and len(value) <= limit and bool(_TEXT.fullmatch(value))
+
+
+def _one_of(*choices: str) -> t.Callable[[object], bool]:
+    return lambda value: isinstance(value, str) and value in choices
+
+
+def _max_age(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 2**31 - 1
+
+
+def _ui_locales(value: object) -> bool:
+    return isinstance(value, str) and 2 <= len(value) <= 100 and bool(_UI_LOCALES.fullmatch(value))
+
+
+#: The authorization parameters the SPA may pass on to the provider, with their validators
+#: (the spec's ``AuthorizationParams`` minus ``id_token_hint``).
+AUTHORIZATION_PARAMS: dict[str, t.Callable[[object], bool]] = {
+    "acr_values": _text(1024),
+    "audience": _text(512),
+    "resource": _text(512),
+    "display": _one_of("page", "popup", "touch", "wap"),
+    "login_hint": _text(255),
+    "max_age": _max_age,
+    "prompt": _one_of("none", "login", "consent", "select_account"),
+    "ui_locales": _ui_locales,
+}
+
+
+def connect_cookie_name(settings: Settings) -> str:
+    return "__Host-bff-connect" if settings.secure_cookies else "bff-connect"
+
+
+def _binding_hash(binding: str) -> str:
+    return hashlib.sha256(binding.encode()).hexdigest()
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    """A validated ``POST /bff/connect`` body."""
+
+    connection: str
+    scopes: list[str] | None
+    return_to: str
+    authorization_params: dict[str, t.Any]
+
+
+def _bad(detail: str) -> Problem:
+    return Problem(400, "invalid-connect-request", "Invalid connect request", detail)
+
+
+def parse_connect_request(body: object) -> ConnectRequest:
+    """Validate the SPA's request in full, or raise a 400 problem naming the first fault."""
+    if not isinstance(body, dict):
+        raise _bad("The body must be a JSON object.")
+    unknown = sorted(set(body) - _BODY_KEYS)
+    if unknown:
+        raise _bad(f"Unsupported member: {unknown[0]}.")
+    connection = body.get("connection")
+    if not isinstance(connection, str) or not _CONNECTION.fullmatch(connection):
+        raise _bad("connection must be a connection name (letters, digits, '-' and '_').")
+    scopes = body.get("scopes")
+    if scopes is not None and (
+        not isinstance(scopes, list)
+        or not 0 < len(scopes) <= _MAX_SCOPES
+        or not all(isinstance(scope, str) and _SCOPE.fullmatch(scope) for scope in scopes)
+        or len(set(scopes)) != len(scopes)
+    ):
+        raise _bad(f"scopes must be a list of 1 to {_MAX_SCOPES} distinct scope strings.")
+    return_to = body.get("returnTo")
+    if return_to is not None and not isinstance(return_to, str):
+        raise _bad("returnTo must be a string.")
+    params = body.get("authorization_params", {})
+    if not isinstance(params, dict):
+        raise _bad("authorization_params must be an object.")
+    for name, value in params.items():
+        check = AUTHORIZATION_PARAMS.get(name)
+        if check is None:
+            raise _bad(f"authorization_params.{name} is not allowed.")
+        if not check(value):
+            raise _bad(f"authorization_params.{name} is malformed.")
+    return ConnectRequest(connection, scopes, safe_return_to(return_to), dict(params))
+
+
+# Upstream ----------------------------------------------------------------------------------------
+
+
+def _upstream_detail(upstream: UpstreamResponse) -> tuple[str, str]:
+    """The API error's ``type`` and ``detail`` (Auth0's ErrorResponse), empty when absent."""
+    try:
+        body = json.loads(upstream.body)
+    except ValueError:
+        return "", ""
+    if not isinstance(body, dict):
+        return "", ""
+    kind, detail = body.get("type"), body.get("detail")
+    return (kind if isinstance(kind, str) else ""), (detail[:300] if isinstance(detail, str) else "")
+
+
+def _upstream_problem(svc: Services, upstream: UpstreamResponse, return_to: str) -> Problem:
+    kind, detail = _upstream_detail(upstream)
+    status = upstream.status
+    if status == 403 and kind.endswith("/" + _INSUFFICIENT_SCOPE):
+        # The token lacks what the operation needs: a new login with more assurance may grant it.
+        return Problem(
+            401, "step-up-required", "Step-up authentication required",
+            f"The My Account API refused the token's scope ({detail or 'insufficient_scope'}).",
+            login_url=svc.tokens.login_url(return_to, step_up=True),
+        )
+    if status == 409:
+        return Problem(409, "already-connected", "Already connected",
+                       detail or "This connect request has already been completed.")
+    if status == 429:
+        retry = dict((name.lower(), value) for name, value in upstream.headers).get("retry-after", "1")
+        return Problem(429, "rate-limited", "Too many requests",
+                       "The My Account API is rate limiting; retry.", headers={"Retry-After": retry})
+    if 400 <= status < 500:
+        return Problem(400, "connect-rejected", "Connection rejected",
+                       detail or f"The My Account API refused the request ({status}).")
+    return Problem(502, "upstream-error", "My Account API error",
+                   f"The My Account API failed ({status}); try again.")
+
+
+def _call(
+    svc: Services, session: BffSession, path: str, payload: dict[str, t.Any], return_to: str
+) -> UpstreamResponse | Problem:
+    """POST ``payload`` to the API with the session's connect token; a Problem for any failure.
+
+    A 401 from the API is retried once with a freshly minted token (it may have been revoked),
+    as the proxy does.
+    """
+    body = json.dumps(payload).encode()
+    headers = {"content-type": "application/json", "accept": "application/json"}
+    for force_refresh in (False, True):
+        token = svc.tokens.access_token(
+            session, CONNECT_SCOPE, return_to=return_to, force_refresh=force_refresh
+        )
+        if isinstance(token, TokenError):
+            if token.ends_session and current_session().sid == session.sid:
+                current_session().clear()
+            return token.problem()
+        upstream = svc.forwarder.send("POST", path, "", headers, body, token.token)
+        if isinstance(upstream, UpstreamFailure):
+            return Problem(upstream.status, upstream.kind, "My Account API unavailable", upstream.detail)
+        if upstream.status != 401:
+            return upstream
+    return Problem(
+        401, "login-required", "Login required", "The My Account API rejected the session's tokens.",
+        login_url=svc.tokens.login_url(return_to),
+    )
+
+
+def _same_origin(url: str, *bases: str) -> bool:
+    target = urlsplit(url)
+    return target.scheme in ("https", "http") and any(
+        (target.scheme, target.netloc) == (urlsplit(base).scheme, urlsplit(base).netloc) for base in bases
+    )
+
+
+# Views -------------------------------------------------------------------------------------------
+
+
+@blueprint.post("/connect")
+def start() -> Response:
+    svc = services()
+    check_anti_forgery(request, svc.settings)
+    if not request.is_json:
+        raise Problem(415, "unsupported-media-type", "Unsupported media type",
+                      "Send the body as application/json.")
+    wanted = parse_connect_request(request.get_json(silent=True))
+    session = require_session()
+
+    state = secrets.token_urlsafe(32)
+    verifier = secrets.token_urlsafe(48)
+    payload: dict[str, t.Any] = {
+        "connection": wanted.connection,
+        "redirect_uri": svc.settings.connect_redirect_uri,
+        "state": state,
+        "code_challenge": _b64url(hashlib.sha256(verifier.encode()).digest()),
+        "code_challenge_method": "S256",
+    }
+    if wanted.scopes is not None:
+        payload["scopes"] = wanted.scopes
+    if wanted.authorization_params:
+        payload["authorization_params"] = wanted.authorization_params
+    result = _call(svc, session, _CONNECT_PATH, payload, wanted.return_to)
+    if isinstance(result, Problem):
+        raise result
+    if result.status != 201:
+        raise _upstream_problem(svc, result, wanted.return_to)
+    started = _parse_started(svc, result)
+    connect_uri, auth_session, ticket, expires_in = started
+    ttl = max(1, min(expires_in, _MAX_FLOW_TTL))
+
+    cookie_name = connect_cookie_name(svc.settings)
+    binding = request.cookies.get(cookie_name, "")
+    if not _BINDING.fullmatch(binding):
+        binding = secrets.token_urlsafe(32)
+    transaction = {
+        "sid": session.sid,
+        "sub": session["sub"],
+        "binding": _binding_hash(binding),
+        "auth_session": auth_session,
+        "code_verifier": verifier,
+        "redirect_uri": svc.settings.connect_redirect_uri,
+        "return_to": wanted.return_to,
+        "connection": wanted.connection,
+    }
+    svc.store.put(_KEY_PREFIX + state, svc.box.seal(json.dumps(transaction).encode()), ttl)
+
+    separator = "&" if urlsplit(connect_uri).query else "?"
+    response = jsonify({"redirect_url": f"{connect_uri}{separator}{urlencode({'ticket': ticket})}"})
+    response.headers["Cache-Control"] = "no-store"
+    response.set_cookie(
+        cookie_name, binding, max_age=ttl, path="/", secure=svc.settings.secure_cookies, httponly=True,
+        samesite="Lax",
+    )
+    return response
+
+
+def _parse_started(svc: Services, upstream: UpstreamResponse) -> tuple[str, str, str, int]:
+    """``(connect_uri, auth_session, ticket, expires_in)`` from the API's 201, or a 502 problem."""
+    try:
+        body = json.loads(upstream.body)
+        connect_uri, auth_session = body["connect_uri"], body["auth_session"]
+        ticket, expires_in = body["connect_params"]["ticket"], body["expires_in"]
+    except (ValueError, KeyError, TypeError):
+        body = None
+    if (
+        body is None
+        or not all(isinstance(value, str) and value for value in (connect_uri, auth_session, ticket))
+        or not isinstance(expires_in, int)
+        or isinstance(expires_in, bool)
+    ):
+        raise Problem(502, "upstream-error", "My Account API error", "The connect response is malformed.")
+    # The browser is sent there next: only ever to the identity provider itself.
+    if not _same_origin(connect_uri, svc.settings.issuer_url, svc.settings.my_account_url):
+        raise Problem(502, "upstream-error", "My Account API error",
+                      "The connect URI is not on the identity provider's domain.")
+    return connect_uri, auth_session, ticket, expires_in
+
+
+def _failed(detail: str) -> Problem:
+    return Problem(400, "connect-failed", "Connecting the account failed", detail)
+
+
+def _back(return_to: str, **params: str) -> BaseResponse:
+    """Redirect to the SPA's ``return_to`` with ``params`` added to its query."""
+    parts = urlsplit(return_to)
+    query = "&".join(part for part in (parts.query, urlencode(params)) if part)
+    response = redirect(urlunsplit(("", "", parts.path, query, parts.fragment)), code=302)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _callback_error(problem: Problem) -> str:
+    """The ``error`` code an SPA gets for a failed completion."""
+    codes = {
+        "step-up-required": "step_up_required",
+        "login-required": "login_required",
+        "not-authenticated": "login_required",
+        "already-connected": "already_connected",
+    }
+    if problem.kind in codes:
+        return codes[problem.kind]
+    return "temporarily_unavailable" if problem.status >= 500 or problem.status == 429 else "connect_failed"
+
+
+@blueprint.get("/connect/callback")
+def callback() -> BaseResponse:
+    svc = services()
+    args = request.args
+    state = args.get("state", "")
+    key = _KEY_PREFIX + state
+    sealed = svc.store.get(key) if _STATE.fullmatch(state) else None
+    opened = svc.box.open(sealed) if sealed else None
+    if opened is None:
+        raise _failed("Unknown, expired or already used connect state.")
+    transaction: dict[str, t.Any] = json.loads(opened)
+    # Checked before the transaction is consumed, so a foreign browser cannot burn the owner's flow.
+    binding = request.cookies.get(connect_cookie_name(svc.settings), "")
+    if not binding or not secrets.compare_digest(_binding_hash(binding), transaction["binding"]):
+        raise _failed("This connection was not started in this browser.")
+    current = current_session()
+    if current.authenticated and current.sid != transaction["sid"]:
+        raise _failed("This connection was started by another session.")
+    connect_code = args.get("connect_code", "")
+    if "error" not in args and not _CONNECT_CODE.fullmatch(connect_code):
+        raise _failed("The callback carries neither a well-formed connect_code nor an error.")
+    if svc.store.take(key) is None:
+        raise _failed("Unknown, expired or already used connect state.")
+    return_to = str(transaction["return_to"])
+
+    if "error" in args:
+        error = args["error"]
+        return _back(return_to, error=error if _ERROR_CODE.fullmatch(error) else "connect_failed")
+    session = current if current.authenticated else load_session(svc, str(transaction["sid"]))
+    if session is None or session.get("sub") != transaction["sub"]:
+        return _back(return_to, error="login_required")
+    result = _call(
+        svc,
+        session,
+        _COMPLETE_PATH,
+        {
+            "auth_session": transaction["auth_session"],
+            "connect_code": connect_code,
+            "redirect_uri": transaction["redirect_uri"],
+            "code_verifier": transaction["code_verifier"],
+        },
+        return_to,
+    )
+    if isinstance(result, UpstreamResponse) and result.status in (200, 201):
+        return _back(return_to, connected=str(transaction["connection"]))
+    problem = result if isinstance(result, Problem) else _upstream_problem(svc, result, return_to)
+    return _back(return_to, error=_callback_error(problem))
