@@ -309,3 +309,32 @@ def test_no_token_reaches_the_browser(stack: Stack) -> None:
         assert "eyJ" not in text  # no JWT (access or ID token) in any body or header
     for cookie in http.cookies:
         assert "eyJ" not in (cookie.value or "")
+
+
+INSUFFICIENT = {"type": "https://auth0.com/api-errors/A0E-403-0002", "status": 403,
+                "title": "Forbidden", "detail": "Insufficient scope"}
+
+
+def test_insufficient_scope_upstream_retries_once_then_asks_for_step_up(stack: Stack) -> None:
+    http = stack.logged_in()
+    assert http.get(stack.bff_url + "/me/v1/factors").status_code == 200
+    stack.idp.my_account.fail_next(403, INSUFFICIENT)
+    assert http.get(stack.bff_url + "/me/v1/factors").status_code == 200  # a fresh token fixed it
+    before = token_calls(stack)
+    stack.idp.my_account.fail_next(403, INSUFFICIENT)
+    stack.idp.my_account.fail_next(403, INSUFFICIENT)
+    body = assert_problem(http.get(stack.bff_url + "/me/v1/factors", headers={"Referer": stack.bff_url + "/mfa"}),
+                          401, "step-up-required")
+    assert body["login_url"].startswith("/bff/login?returnTo=%2Fmfa&acr_values=")
+    assert body["required_scope"] == "read:me:factors"
+    assert token_calls(stack) == before + 1
+    assert http.get(stack.bff_url + "/bff/user").status_code == 200
+
+
+def test_other_upstream_403_pass_through_unchanged(stack: Stack) -> None:
+    http = stack.logged_in()
+    stack.idp.my_account.fail_next(403, {"type": "https://auth0.com/api-errors/A0E-403-0001", "status": 403,
+                                         "title": "Forbidden", "detail": "nope"})
+    response = http.get(stack.bff_url + "/me/v1/factors")
+    assert response.status_code == 403
+    assert response.json()["detail"] == "nope"

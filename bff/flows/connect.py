@@ -73,7 +73,6 @@ _COMPLETE_PATH = "/connected-accounts/complete"
 _KEY_PREFIX = "connect:"
 #: Upper bound on how long a transaction is kept, whatever ``expires_in`` the API names.
 _MAX_FLOW_TTL = 3600
-_INSUFFICIENT_SCOPE = "A0E-403-0002"
 
 _BODY_KEYS = frozenset({"connection", "scopes", "returnTo", "authorization_params"})
 _CONNECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
@@ -179,22 +178,10 @@ def parse_connect_request(body: object) -> ConnectRequest:
 # Upstream ----------------------------------------------------------------------------------------
 
 
-def _upstream_detail(upstream: UpstreamResponse) -> tuple[str, str]:
-    """The API error's ``type`` and ``detail`` (Auth0's ErrorResponse), empty when absent."""
-    try:
-        body = json.loads(upstream.body)
-    except ValueError:
-        return "", ""
-    if not isinstance(body, dict):
-        return "", ""
-    kind, detail = body.get("type"), body.get("detail")
-    return (kind if isinstance(kind, str) else ""), (detail[:300] if isinstance(detail, str) else "")
-
-
 def _upstream_problem(svc: Services, upstream: UpstreamResponse, return_to: str) -> Problem:
-    kind, detail = _upstream_detail(upstream)
+    _, detail = upstream.error()
     status = upstream.status
-    if status == 403 and kind.endswith("/" + _INSUFFICIENT_SCOPE):
+    if upstream.insufficient_scope:
         # The token lacks what the operation needs: a new login with more assurance may grant it.
         return Problem(
             401, "step-up-required", "Step-up authentication required",

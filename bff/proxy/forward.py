@@ -13,6 +13,7 @@ call for features (cookies, redirects, hooks) a proxy must not use anyway.
 
 from __future__ import annotations
 
+import json
 import typing as t
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -54,11 +55,30 @@ RESPONSE_HEADERS = frozenset(
 )
 
 
+INSUFFICIENT_SCOPE = "A0E-403-0002"
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamResponse:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+
+    def error(self) -> tuple[str, str]:
+        """The API error's ``type`` and ``detail`` (Auth0's ErrorResponse), empty when absent."""
+        try:
+            body = json.loads(self.body)
+        except ValueError:
+            return "", ""
+        if not isinstance(body, dict):
+            return "", ""
+        kind, detail = body.get("type"), body.get("detail")
+        return (kind if isinstance(kind, str) else ""), (detail[:300] if isinstance(detail, str) else "")
+
+    @property
+    def insufficient_scope(self) -> bool:
+        """The API refused the token's scope (403 ``A0E-403-0002``): a new login may fix it."""
+        return self.status == 403 and self.error()[0].endswith("/" + INSUFFICIENT_SCOPE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,15 @@ def proxy(rest: str = "") -> Response:
             raise Problem(401, "login-required", "Login required",
                           "The My Account API rejected the session's tokens.",
                           login_url=svc.tokens.login_url(return_to))
+    if isinstance(upstream, UpstreamResponse) and upstream.insufficient_scope:
+        # The API disagrees with the scope the IdP granted (consent or policy changed since the token was
+        # minted): one fresh token first; if that is refused too, only a new login with MFA can help.
+        token = svc.tokens.access_token(session, scope, return_to=return_to, force_refresh=True)
+        upstream = _send(token, match.route.method, match.upstream_path, match.query, headers, body)
+        if isinstance(upstream, UpstreamResponse) and upstream.insufficient_scope:
+            raise Problem(401, "step-up-required", "Step-up authentication required",
+                          f"The My Account API requires {scope}, which a new login may grant.",
+                          login_url=svc.tokens.login_url(return_to, step_up=True), required_scope=scope)
     if isinstance(upstream, UpstreamFailure):
         raise Problem(upstream.status, upstream.kind, "My Account API unavailable", upstream.detail)
     response = Response(upstream.body, status=upstream.status)

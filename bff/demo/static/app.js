@@ -16,6 +16,9 @@ const RETURN_ERRORS = {
   invalid_state: "The request expired. Please try again.",
   server_error: "The identity provider reported an error.",
   temporarily_unavailable: "The identity provider is unavailable. Try again later.",
+  already_connected: "That account is already connected.",
+  step_up_required: "Verify it's you, then try connecting again.",
+  connect_failed: "The account could not be connected. Try again.",
 };
 
 /** Report `?connected=` / `?error=` from a redirect back, then tidy the address bar. */
