@@ -99,3 +99,33 @@ def make_stack(redis_url: str, tmp_path: t.Any) -> t.Iterator[StackFactory]:
 @pytest.fixture
 def stack(make_stack: StackFactory) -> Stack:
     return make_stack()
+
+
+@pytest.fixture(scope="session")
+def redis_tls_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[RedisServer]:
+    """A private TLS-only redis-server whose certificate a throwaway CA issued."""
+    from tests.support.tls import make_ca
+
+    directory = tmp_path_factory.mktemp("redis-tls")
+    server = RedisServer(tls=make_ca(directory).issue_server_certificate(directory))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> t.Iterator[t.Any]:
+    """A Sentinel (``SentinelServer``) monitoring its own private primary as ``mymaster``."""
+    from tests.support.redis_server import SentinelServer
+
+    primary = RedisServer()
+    sentinel = SentinelServer(primary)
+    try:
+        primary.start()
+        sentinel.start()
+        yield sentinel
+    finally:
+        sentinel.destroy()
+        primary.destroy()

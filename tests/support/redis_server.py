@@ -167,14 +167,18 @@ class RedisServer(_Process):
                 "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no",
             ]
         args += [
-            # An append-only file in a private directory: a stop and restart (an outage) keeps
-            # the data, as a production Redis with persistence would.
-            "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "yes",
+            "--protected-mode", "yes",
             # Replicas sync at once instead of after the default five-second batching delay.
             "--repl-diskless-sync-delay", "0",
         ]
-        if self.replica_of is not None:
-            args += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
+        if self.replica_of is None:
+            # An append-only file in a private directory: a stop and restart (an outage) keeps
+            # the data, as a production Redis with persistence would.
+            args += ["--appendonly", "yes", "--appendfsync", "everysec"]
+        else:
+            # No append-only file: a replica rewrites it after every sync and refuses to shut
+            # down while it does.
+            args += ["--appendonly", "no", "--replicaof", "127.0.0.1", str(self.replica_of.port)]
         self._spawn(args)
 
     def flush(self) -> None:
@@ -247,7 +251,7 @@ class SentinelServer(_Process):
     def _ready(self, client: redis.Redis) -> bool:
         # A Sentinel answers PING before it has reached the primary: wait until it reports the
         # primary as up (no "disconnected"/"s_down" flags) and has discovered the replicas.
-        state = client.sentinel_master(self.service)
+        state = t.cast("dict[str, t.Any]", client.sentinel_master(self.service))
         if _flags(state) != {"master"} or state.get("role-reported") != "master":
             return False
         return len(self.linked_replicas(client)) >= self.expected_replicas
@@ -269,7 +273,7 @@ class SentinelServer(_Process):
 
         def promoted() -> bool:
             with self.client() as client:
-                state = client.sentinel_master(self.service)
+                state = t.cast("dict[str, t.Any]", client.sentinel_master(self.service))
             return int(state["port"]) == port and _flags(state) == {"master"}
 
         wait_until(promoted, timeout=timeout, what=f"sentinel to name port {port} the primary", interval=0.05)
