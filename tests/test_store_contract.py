@@ -379,11 +379,6 @@ def test_sentinel_failover_answers_unavailable_then_follows_the_new_primary(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Sentinel client asks Sentinel for the primary only when it opens a connection: pooled "
-    "connections keep writing to the old primary until Sentinel demotes it, and those writes are lost",
-)
 def test_after_a_planned_failover_writes_go_to_the_new_primary(
     replicated: Replicated, sentinel: SentinelServer
 ) -> None:

@@ -11,13 +11,14 @@ Every Redis error (connection refused, timeout, READONLY after a failover, LOADI
 
 from __future__ import annotations
 
+import time
 import typing as t
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from ..errors import StoreUnavailable
 from .base import Record, SessionStore
@@ -29,6 +30,7 @@ R = t.TypeVar("R")
 
 # Fail fast: a proxied call should not hang on a dead store; one quick retry absorbs a blip.
 _TIMEOUT = 1.0
+_PRIMARY_RECHECK = 0.2
 
 _UPDATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -62,6 +64,7 @@ def _guard(method: t.Callable[P, R]) -> t.Callable[P, R]:
         store = t.cast(RedisStore, args[0])
         store.round_trips += 1
         try:
+            store.follow_primary()
             return method(*args, **kwargs)
         except redis.RedisError as error:
             raise StoreUnavailable() from error
@@ -93,6 +96,24 @@ class RedisStore(SessionStore):
         self._extend = client.register_script(_EXTEND)
         self._release = client.register_script(_RELEASE)
         self.round_trips = 0
+        pool = client.connection_pool
+        self._sentinel_pool = pool if isinstance(pool, SentinelConnectionPool) else None
+        self._primary_checked = 0.0
+
+    def follow_primary(self) -> None:
+        """Behind Sentinel, re-ask for the primary at most every ``_PRIMARY_RECHECK`` seconds.
+
+        redis-py asks Sentinel only when it opens a connection, so after a planned failover pooled
+        connections would keep writing to the old primary until it is demoted, and those writes would
+        be lost (a rotated refresh token among them). ``get_master_address`` drops idle connections
+        when the primary has moved.
+        """
+        if self._sentinel_pool is None:
+            return
+        now = time.monotonic()
+        if now - self._primary_checked >= _PRIMARY_RECHECK:
+            self._primary_checked = now
+            self._sentinel_pool.get_master_address()  # type: ignore[no-untyped-call]
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "bff:") -> RedisStore:
