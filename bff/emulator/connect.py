@@ -12,6 +12,8 @@ back to ``/connect``; Allow redirects to the flow's ``redirect_uri`` with ``conn
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from flask import Blueprint, Response, make_response, redirect, render_template, request
 from flask.typing import ResponseReturnValue
 
@@ -35,7 +37,8 @@ def blueprint(store: MyAccountState) -> Blueprint:
         with store.idp.lock:
             user = store.idp.users.get(flow.sub)
             account = user.email if user is not None else flow.sub
-        return _page(render_template("connect_consent.html", flow=flow, account=account, ticket=ticket), 200)
+        html = render_template("connect_consent.html", flow=flow, account=account, ticket=ticket)
+        return _page(html, 200, redirect_uri=flow.redirect_uri)
 
     @bp.post(CONNECT_PATH)
     def consent_decision() -> ResponseReturnValue:
@@ -51,11 +54,17 @@ def blueprint(store: MyAccountState) -> Blueprint:
     return bp
 
 
-def _page(html: str, status: int) -> Response:
+def _page(html: str, status: int, *, redirect_uri: str | None = None) -> Response:
+    """``form-action`` also governs the redirect that answers the form (browsers enforce it on
+    redirects), so the consent page names the origin of the flow's ``redirect_uri`` as well."""
+    form_action = "'self'"
+    if redirect_uri is not None:
+        target = urlsplit(redirect_uri)
+        form_action += f" {target.scheme}://{target.netloc}"
     response = make_response(html, status)
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["Content-Security-Policy"] = (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
+        f"default-src 'none'; style-src 'unsafe-inline'; form-action {form_action}; frame-ancestors 'none'"
     )
     return response

@@ -121,6 +121,18 @@ function sameOrigin(url) {
   }
 }
 
+/**
+ * Where a 401 or step-up problem sends the user: its `login_url` when it stays
+ * on this origin (else `/bff/login`), coming back to this page unless the URL
+ * already names a `returnTo`.
+ */
+function loginTarget(loginUrl) {
+  if (!loginUrl || !sameOrigin(loginUrl)) return loginPath(here());
+  const url = new URL(loginUrl, globalThis.location.href);
+  if (!url.searchParams.has("returnTo")) url.searchParams.set("returnTo", here());
+  return url.pathname + url.search;
+}
+
 function query(params) {
   const search = new URLSearchParams();
   for (const [key, value] of Object.entries(params)) {
@@ -167,11 +179,11 @@ async function send(path, init = {}) {
   if (error.isStepUp) {
     if (redirectOnStepUp && error.loginUrl && sameOrigin(error.loginUrl)) {
       error.redirecting = true;
-      navigate(error.loginUrl);
+      navigate(loginTarget(error.loginUrl));
     }
   } else if (error.status === 401 && redirectOnAuth) {
     error.redirecting = true;
-    navigate(error.loginUrl && sameOrigin(error.loginUrl) ? error.loginUrl : loginPath(here()));
+    navigate(loginTarget(error.loginUrl));
   }
   throw error;
 }

@@ -89,13 +89,13 @@ async function recheck() {
 }
 
 async function boot() {
-  $("login").addEventListener("click", () => login(window.location.pathname));
+  $("login").addEventListener("click", () => login());
   $("logout").addEventListener("click", (event) => run(() => logout(), { user: true, control: event.currentTarget }));
   $("step-up").addEventListener("click", () => {
     // Only follow a same-origin login URL; otherwise start a plain login here.
     const target = stepUpTarget() && new URL(stepUpTarget(), window.location.href);
     if (target && target.origin === window.location.origin) window.location.assign(target.href);
-    else login(window.location.pathname);
+    else login();
   });
   $("dismiss-messages").addEventListener("click", clearMessages);
   document.addEventListener("bff:session-expired", recheck);

@@ -1,0 +1,124 @@
+"""The demo SPA in Chromium: the whole account-settings journey, and what the browser gets to see."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import unquote
+
+import pytest
+from playwright.sync_api import BrowserContext, Page
+
+from tests.browser.exposure import JWT, TOKEN_NAMES, Exposure, Seen, jwt_claims
+from tests.browser.journey import run_journey
+from tests.browser.spa import Screenshots, Spa, session_ids
+
+pytestmark = pytest.mark.browser
+
+
+def test_account_settings_journey(spa: Spa, screenshots: Screenshots) -> None:
+    """Log in, see the profile, add a passkey and an authenticator app, connect and disconnect an
+    account, delete the passkey, log out."""
+    run_journey(spa, screenshots.take)
+    assert session_ids(spa.stack) == [], "logging out leaves no session behind"
+    families = spa.stack.idp.counters()["families"]
+    assert families and all(family["revoked"] for family in families.values()), families
+
+
+def test_no_token_reaches_the_browser_during_the_journey(
+    spa: Spa, context: BrowserContext, page: Page, screenshots: Screenshots
+) -> None:
+    """No token, refresh token or connect secret reaches the browser, in any form it can observe.
+
+    Searched: every request URL (redirect hops included) and address shown, every response header
+    and body, and at each step every cookie, ``localStorage``, ``sessionStorage`` and
+    ``document.cookie``. The rules:
+
+    * No JWT (``eyJ….eyJ….…``: access and ID tokens) anywhere, with one exception that is the OIDC
+      RP-initiated logout contract: the ID token as ``id_token_hint`` in the provider's logout URL,
+      in the body of ``POST /bff/logout`` and the navigation to ``/oidc/logout`` that follows, once
+      the BFF session and its refresh token are already gone.
+    * No refresh token the emulator issued, and no ``access_token`` / ``refresh_token`` /
+      ``id_token`` member or parameter, anywhere.
+    * The Connected Accounts ``auth_session`` nowhere. The ``connect_code`` only in the protocol's
+      front channel: the consent page's redirect (``Location``) and the ``/bff/connect/callback``
+      URL it leads to, which the BFF consumes once; never in the address the SPA ends up at, in a
+      body, cookie or storage.
+    * An enrollment ``auth_session`` (passkey, TOTP) is part of the My Account API contract: it is
+      answered to the SPA by ``POST /me/v1/authentication-methods`` and sent back to verify. It
+      may appear in that response body only: no URL, header, cookie or storage.
+    * ``document.cookie`` is empty on the SPA's origin at every step: no cookie is readable by script.
+    """
+    exposure = Exposure(context, page, spa.url)
+
+    def checkpoint(name: str) -> None:
+        exposure.checkpoint(name)
+        screenshots.take(name)
+
+    run_journey(spa, checkpoint)
+    stack = spa.stack
+    bff, issuer = stack.bff_url, stack.emulator.url
+
+    # The recording saw the journey, so the rules below searched something.
+    assert exposure.bodies("GET", bff + "/bff/user")
+    assert not exposure.unread, f"bodies that could not be read: {exposure.unread}"
+    checkpoints = [item for item in exposure.seen if item.kind == "document.cookie" and item.url.startswith(bff)]
+    assert len(checkpoints) >= 8
+
+    leaks: list[str] = []
+
+    def only_in(value: str, what: str, allowed: list[Seen]) -> None:
+        leaks.extend(f"{what} in {item}" for item in exposure.containing(value) if item not in allowed)
+
+    # JWTs: the logout's id_token_hint only, and it is an ID token for this client.
+    hints = 0
+    for item in exposure.seen:
+        for token in JWT.findall(item.text):
+            at_logout = (item.kind, item.method, item.url) == ("body", "POST", bff + "/bff/logout") or (
+                item.kind in ("url", "address") and item.url.startswith(issuer + "/oidc/logout?")
+            )
+            claims = jwt_claims(token)
+            is_id_token = claims.get("aud") == stack.settings.client_id and "scope" not in claims
+            if at_logout and is_id_token and f"id_token_hint={token}" in unquote(item.text):
+                hints += 1
+            else:
+                leaks.append(f"a JWT (aud {claims.get('aud')!r}) in {item}")
+    assert hints >= 2, "the logout URL (body of POST /bff/logout, then the navigation) carries the id_token_hint"
+    assert all(family["revoked"] for family in stack.idp.counters()["families"].values())
+
+    # Refresh tokens and token-bearing names: nowhere.
+    with stack.idp.lock:
+        refresh_tokens = list(stack.idp.refresh_tokens)
+    assert refresh_tokens
+    for refresh_token in refresh_tokens:
+        only_in(refresh_token, "a refresh token", [])
+    leaks.extend(f"{match.group()!r} in {item}" for item in exposure.seen for match in TOKEN_NAMES.finditer(item.text))
+
+    # Connected Accounts: auth_session nowhere; connect_code in the front channel only.
+    with stack.idp.my_account.lock:
+        connects = list(stack.idp.my_account._connect_requests.values())
+    assert len(connects) == 1 and connects[0].connect_code and connects[0].completed
+
+    def in_front_channel(item: Seen) -> bool:
+        consent_redirect = (item.kind, item.method, item.url) == ("header", "POST", issuer + "/connect")
+        callback = item.kind == "url" and item.url.startswith(bff + "/bff/connect/callback?")
+        return (consent_redirect and item.text.lower().startswith("location: ")) or callback
+
+    front_channel = [item for item in exposure.seen if in_front_channel(item)]
+    assert [item for item in front_channel if connects[0].connect_code in item.text], "the callback was observed"
+    only_in(connects[0].auth_session, "the connect auth_session", [])
+    only_in(connects[0].connect_code, "the connect_code", front_channel)
+    only_in("connect_code", "the name connect_code", front_channel)
+
+    # Enrollment auth_sessions: in the enrollment's answer only.
+    started = [
+        item for item in exposure.seen
+        if (item.kind, item.method, item.url) == ("body", "POST", bff + "/me/v1/authentication-methods")
+    ]
+    enrollments = [json.loads(item.text)["auth_session"] for item in started]
+    assert len(enrollments) == 2, "a passkey and an authenticator app were enrolled"
+    for auth_session in enrollments:
+        only_in(auth_session, "an enrollment auth_session", started)
+
+    leaks.extend(f"a script-readable cookie {item.text!r} at {item.method}" for item in checkpoints if item.text)
+    assert not leaks, "\n".join(leaks)
+
