@@ -239,6 +239,7 @@ def test_only_allowlisted_request_headers_are_forwarded(make_stack: StackFactory
                 "Accept-Language": "fr",
                 "If-None-Match": '"abc"',
                 "X-Request-Id": "req-1",
+                "User-Agent": "Browser/1.0",
                 "Authorization": "Bearer from-the-browser",
                 "X-Forwarded-For": "1.2.3.4",
                 "X-Custom": "nope",
@@ -253,6 +254,7 @@ def test_only_allowlisted_request_headers_are_forwarded(make_stack: StackFactory
         assert seen["accept-language"] == "fr"
         assert seen["if-none-match"] == '"abc"'
         assert seen["x-request-id"] == "req-1"
+        assert seen["user-agent"] == "Browser/1.0"
         assert seen["authorization"].startswith("Bearer ey")
         for forbidden in ("cookie", "x-csrf", "x-forwarded-for", "x-custom", "keep-alive", "te"):
             assert forbidden not in seen, forbidden

@@ -141,7 +141,7 @@ def test_sessions_lists_the_users_sessions_by_opaque_ids(stack: Stack) -> None:
     assert [entry["current"] for entry in sessions] == [True, False]
     assert sessions[0]["device"] == "Laptop/1.0"
     for entry in sessions:
-        assert set(entry) == {"id", "current", "created_at", "last_seen", "device"}
+        assert set(entry) == {"id", "current", "created_at", "last_seen", "device", "user_agent"}
         # last_seen is stored to the millisecond.
         assert entry["created_at"] - 0.001 <= entry["last_seen"] <= time.time()
     for browser in (laptop, phone, bob):
@@ -196,3 +196,21 @@ def test_ending_a_session_needs_the_csrf_header(stack: Stack) -> None:
 
 def test_sessions_needs_a_login(stack: Stack) -> None:
     assert_problem(stack.browser().get(stack.bff_url + "/bff/sessions"), 401, "not-authenticated")
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "device"),
+    [
+        ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Safari/537.36",
+         "Chrome on Linux"),
+        ("Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) AppleWebKit/605.1.15 Version/18.0 Safari/604.1",
+         "Safari on iPhone"),
+        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/130.0 Safari/537.36 Edg/130.0", "Edge on Windows"),
+        ("Mozilla/5.0 (Macintosh; Intel Mac OS X 14.5; rv:131.0) Gecko/20100101 Firefox/131.0", "Firefox on macOS"),
+        ("", "Unknown device"),
+    ],
+)
+def test_devices_are_named_from_the_user_agent(user_agent: str, device: str) -> None:
+    from bff.auth.sessions import describe_device
+
+    assert describe_device(user_agent) == device

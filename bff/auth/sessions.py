@@ -66,7 +66,8 @@ def list_sessions() -> Response:
             "current": sid == session.sid,
             "created_at": document.get("created_at"),
             "last_seen": last_seen,
-            "device": document.get("device", ""),
+            "device": describe_device(str(document.get("device", ""))),
+            "user_agent": document.get("device", ""),
         }
         for sid, document, last_seen in _user_sessions(svc, str(session["sub"]))
     ]
@@ -92,3 +93,18 @@ def end_one_session(handle: str) -> Response:
                 response.headers["Cache-Control"] = "no-store"
                 return response
     raise Problem(404, "session-not-found", "Session not found", "No session of yours has this id.")
+
+
+_BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"), ("Chrome/", "Chrome"),
+             ("Chromium/", "Chromium"), ("Safari/", "Safari"))
+_SYSTEMS = (("iPhone", "iPhone"), ("iPad", "iPad"), ("Android", "Android"), ("Windows", "Windows"),
+            ("Mac OS X", "macOS"), ("CrOS", "ChromeOS"), ("Linux", "Linux"))
+
+
+def describe_device(user_agent: str) -> str:
+    """A short, human name for a User-Agent ("Chrome on Linux"); the raw string is kept beside it."""
+    browser = next((name for marker, name in _BROWSERS if marker in user_agent), None)
+    system = next((name for marker, name in _SYSTEMS if marker in user_agent), None)
+    if browser and system:
+        return f"{browser} on {system}"
+    return browser or system or (user_agent[:40] if user_agent else "Unknown device")

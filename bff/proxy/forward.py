@@ -37,6 +37,8 @@ REQUEST_HEADERS = (
     "if-modified-since",
     "if-unmodified-since",
     "x-request-id",
+    # The My Account API records the client's device (e.g. a passkey's name) from it.
+    "user-agent",
 )
 RESPONSE_HEADERS = frozenset(
     {

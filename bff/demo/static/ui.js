@@ -155,6 +155,8 @@ export function formatDate(value) {
 /** "1 h 05 min 09 s", "4 min 02 s", "12 s". */
 export function formatDuration(seconds) {
   const total = Math.max(0, Math.floor(seconds));
+  const d = Math.floor(total / 86400);
+  if (d) return `${d} d ${Math.floor((total % 86400) / 3600)} h`;
   const h = Math.floor(total / 3600);
   const m = Math.floor((total % 3600) / 60);
   const s = String(total % 60).padStart(2, "0");
