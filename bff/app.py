@@ -115,11 +115,11 @@ def _register_activity(
     def _touch() -> None:
         session = current_session()
         record = session.record
-        if not session.authenticated or record is None or record.ttl is None:
+        if not session.authenticated or record is None:
             return
-        ttl = sessions.record_ttl(session)
-        if ttl - record.ttl >= interval:
-            store.update(session.sid, {SEEN: f"{clock.now():.3f}".encode()}, ttl=ttl)
+        now = clock.now()
+        if now - float(record.fields.get(SEEN) or 0.0) >= interval:
+            store.update(session.sid, {SEEN: f"{now:.3f}".encode()}, ttl=sessions.record_ttl(session))
 
 
 def _register_headers(app: Flask) -> None:

@@ -115,6 +115,15 @@ class StoreSessionInterface(ServerSideSessionInterface):  # type: ignore[misc]
         session.record = record
         return session
 
+    def idle_left(self, session: BffSession) -> float | None:
+        """Seconds until the session ends for inactivity (or for its absolute lifetime, if sooner)."""
+        record = session.record
+        if record is None:
+            return None
+        seen = float(record.fields.get(SEEN) or 0.0)
+        ends = min(seen + self.settings.session_idle_timeout, float(session.get("expires_at", 0)))
+        return max(0.0, ends - self.clock.now())
+
     def record_ttl(self, session: ServerSideSession) -> float:
         """Idle timeout, capped by what remains of the absolute lifetime."""
         remaining = float(session.get("expires_at", 0)) - self.clock.now()

@@ -49,12 +49,11 @@ def test_load_returns_none_for_unknown_session(store: SessionStore) -> None:
     assert store.load("nobody") is None
 
 
-def test_write_then_load_returns_fields_and_ttl(store: SessionStore) -> None:
+def test_write_then_load_returns_the_fields(store: SessionStore) -> None:
     store.write("s1", {"doc": b"{}", "rt": b"sealed"}, ttl=60)
     record = store.load("s1")
     assert record is not None
     assert record.fields == {"doc": b"{}", "rt": b"sealed"}
-    assert record.ttl is not None and 55 < record.ttl <= 60
 
 
 def test_fields_are_written_individually_without_losing_others(store: SessionStore) -> None:
@@ -73,10 +72,11 @@ def test_update_never_resurrects_a_deleted_session(store: SessionStore) -> None:
 
 
 def test_update_can_extend_the_ttl(store: SessionStore) -> None:
-    store.write("s1", {"doc": b"a"}, ttl=5)
+    store.write("s1", {"doc": b"a"}, ttl=0.3)
     assert store.update("s1", {"seen": b"1"}, ttl=120)
+    time.sleep(0.5)
     record = store.load("s1")
-    assert record is not None and record.ttl is not None and record.ttl > 100
+    assert record is not None and record.fields == {"doc": b"a", "seen": b"1"}
 
 
 def test_records_expire(store: SessionStore) -> None:

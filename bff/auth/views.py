@@ -195,7 +195,7 @@ def user() -> Response:
     svc = services()
     now = svc.clock.now()
     record = session.record
-    idle_left: float | None = record.ttl if record is not None else None
+    idle_left = svc.sessions.idle_left(session)
     seen = float(record.fields.get(SEEN, b"0")) if record is not None else 0.0
     body = {
         "claims": session.get("claims", {}),

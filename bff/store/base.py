@@ -26,10 +26,13 @@ __all__ = ["Record", "SessionStore"]
 
 @dataclass(frozen=True)
 class Record:
-    """A session record as loaded in one round trip: its fields and its remaining lifetime."""
+    """A session record as loaded in one round trip: its fields.
+
+    The record's remaining lifetime is not part of it: reading it costs the hot path, and the
+    session's own ``seen`` field tells the same (see :mod:`bff.session`).
+    """
 
     fields: dict[str, bytes]
-    ttl: float | None
 
 
 class SessionStore(ABC):
@@ -42,7 +45,7 @@ class SessionStore(ABC):
 
     @abstractmethod
     def load(self, sid: str) -> Record | None:
-        """All fields and the remaining TTL of a session, or ``None`` if it does not exist."""
+        """All fields of a session, or ``None`` if it does not exist."""
 
     @abstractmethod
     def write(self, sid: str, fields: t.Mapping[str, bytes], ttl: float) -> None:

@@ -143,16 +143,10 @@ class RedisStore(SessionStore):
 
     @_guard
     def load(self, sid: str) -> Record | None:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(self._s(sid))
-        pipe.pttl(self._s(sid))
-        fields, pttl = pipe.execute()
+        fields = t.cast("dict[bytes, bytes]", self._redis.hgetall(self._s(sid)))
         if not fields:
             return None
-        return Record(
-            fields={name.decode(): value for name, value in fields.items()},
-            ttl=pttl / 1000 if pttl and pttl > 0 else None,
-        )
+        return Record(fields={name.decode(): value for name, value in fields.items()})
 
     @_guard
     def write(self, sid: str, fields: t.Mapping[str, bytes], ttl: float) -> None:

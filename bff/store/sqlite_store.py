@@ -125,7 +125,7 @@ class SqliteStore(SessionStore):
         rows = db.execute("SELECT name, value FROM fields WHERE sid = ?", (sid,)).fetchall()
         if not rows:
             return None
-        return Record(fields={name: bytes(value) for name, value in rows}, ttl=row[0] - now)
+        return Record(fields={name: bytes(value) for name, value in rows})
 
     @_guard
     def write(self, sid: str, fields: t.Mapping[str, bytes], ttl: float) -> None:

@@ -1,0 +1,417 @@
+"""The processes a benchmark run needs, each on a free loopback port, each stopped on exit.
+
+* :class:`RedisProcess` — a private ``redis-server`` (never the machine's own), no persistence.
+* :class:`NginxProcess` — the upstream stub (``return 200`` with a small JSON body) and a plain
+  reverse proxy in front of it, from a generated configuration in a temporary directory.
+* :class:`PythonStub` — the stub's fallback when nginx is not installed: a small keep-alive
+  HTTP/1.1 server in its own process.
+* :class:`BffProcess` — ``bff serve`` (gunicorn, gthread workers) pointed at the stub.
+
+Every process is started by this module and stopped by its own id: terminate, wait, then kill.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import typing as t
+from pathlib import Path
+
+import redis
+import requests
+
+__all__ = [
+    "FACTORS_BODY",
+    "STUB_PATH",
+    "BffProcess",
+    "GunicornProcess",
+    "NginxProcess",
+    "PythonStub",
+    "RedisProcess",
+    "ReferenceProcess",
+    "free_port",
+    "wait_for_http",
+]
+
+#: What the stub answers for ``GET /me/v1/factors``: the shape of the My Account API's answer.
+FACTORS_BODY = (
+    '{"factors":[{"type":"passkey","usage":["primary"]},{"type":"totp","usage":["secondary"]},'
+    '{"type":"email","usage":["secondary"]},{"type":"recovery-code","usage":["secondary"]}]}'
+)
+STUB_PATH = "/me/v1/factors"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_http(url: str, *, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``url`` until it answers at all (any status), the process dies, or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with code {process.returncode} before answering")
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.RequestException as error:
+            last = error
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s ({last})")
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, *, grace: float = 10.0) -> None:
+    """Terminate a process this module started (its own process group), then kill it if it lingers."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # the group was created for this process alone
+    except (ProcessLookupError, PermissionError):
+        process.kill()
+    process.wait(timeout=5)
+
+
+def _stat(pid: str) -> tuple[int, float] | None:
+    """(parent pid, user + system CPU seconds) of a process, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its direct children (gunicorn's master and workers)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        stat = _stat(entry)
+        if stat is not None and (int(entry) == pid or stat[0] == pid):
+            total += stat[1]
+    return total
+
+
+def _spawn(argv: list[str], *, log: Path, env: t.Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+        )
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class RedisProcess:
+    """A private redis-server on a free loopback port: no persistence, no protected-mode surprises."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
+        self.binary = binary
+        self.port = free_port()
+        self.dir = workdir / "redis"
+        self.dir.mkdir()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def start(self) -> RedisProcess:
+        self.process = _spawn(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir), "--protected-mode", "yes"],
+            log=self.dir / "redis.log",
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("redis-server exited at start:\n" + _tail(self.dir / "redis.log"))
+            try:
+                if self.client().ping():
+                    return self
+            except redis.RedisError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start within 10 s")
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self.process = None
+
+
+class NginxProcess:
+    """nginx in the foreground with a generated configuration: the stub and a reverse proxy to it."""
+
+    def __init__(self, workdir: Path, *, workers: int = 1) -> None:
+        binary = shutil.which("nginx") or next(
+            (path for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(path, os.X_OK)), None
+        )
+        if binary is None:
+            raise FileNotFoundError("nginx")
+        self.binary = binary
+        self.dir = workdir / "nginx"
+        self.dir.mkdir()
+        self.stub_port = free_port()
+        self.proxy_port = free_port()
+        self.workers = workers
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def stub_url(self) -> str:
+        return f"http://127.0.0.1:{self.stub_port}"
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
+
+    def config(self) -> str:
+        d = self.dir
+        user = "user root root;" if os.geteuid() == 0 else ""
+        body = FACTORS_BODY.replace("'", "\\'")
+        return textwrap.dedent(f"""\
+            {user}
+            worker_processes {self.workers};
+            daemon off;
+            master_process on;
+            pid {d}/nginx.pid;
+            error_log {d}/error.log warn;
+            events {{ worker_connections 4096; }}
+            http {{
+                access_log off;
+                client_body_temp_path {d}/body;
+                proxy_temp_path {d}/proxy;
+                fastcgi_temp_path {d}/fastcgi;
+                uwsgi_temp_path {d}/uwsgi;
+                scgi_temp_path {d}/scgi;
+                keepalive_requests 1000000;
+                keepalive_timeout 60s;
+                upstream stub {{
+                    server 127.0.0.1:{self.stub_port};
+                    keepalive 64;
+                }}
+                server {{
+                    listen 127.0.0.1:{self.stub_port};
+                    location = {STUB_PATH} {{
+                        default_type application/json;
+                        return 200 '{body}';
+                    }}
+                    location = /nginx-status {{ stub_status; }}
+                    location / {{ return 404; }}
+                }}
+                server {{
+                    listen 127.0.0.1:{self.proxy_port};
+                    location /me/ {{
+                        proxy_pass http://stub;
+                        proxy_http_version 1.1;
+                        proxy_set_header Connection "";
+                        proxy_set_header Cookie "";
+                        proxy_buffering on;
+                    }}
+                }}
+            }}
+            """)
+
+    def requests_served(self) -> int:
+        """nginx's count of requests handled so far (all servers), this status request included."""
+        text = requests.get(self.stub_url + "/nginx-status", timeout=5).text
+        return int(text.splitlines()[2].split()[2])
+
+    def start(self) -> NginxProcess:
+        conf = self.dir / "nginx.conf"
+        conf.write_text(self.config())
+        argv = [self.binary, "-p", str(self.dir), "-c", str(conf)]
+        self.process = _spawn(argv, log=self.dir / "stdout.log")
+        try:
+            wait_for_http(self.stub_url + STUB_PATH, timeout=10, process=self.process)
+            wait_for_http(self.proxy_url + STUB_PATH, timeout=10, process=self.process)
+        except RuntimeError as error:
+            detail = _tail(self.dir / "error.log") or _tail(self.dir / "stdout.log")
+            raise RuntimeError(f"{error}\n{detail}") from error
+        return self
+
+    def stop(self) -> None:
+        # SIGTERM is nginx's fast shutdown; the workers go with the master.
+        stop_process(self.process)
+        self.process = None
+
+
+_PYTHON_STUB = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+BODY = sys.argv[2].encode()
+PATH = sys.argv[3]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        if self.path.split("?", 1)[0] == PATH:
+            status, body = 200, BODY
+        else:
+            status, body = 404, b'{"error":"not found"}'
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+server.daemon_threads = True
+server.serve_forever()
+"""
+
+
+class PythonStub:
+    """The upstream stub when nginx is missing: keep-alive HTTP/1.1 from the standard library."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir / "stub"
+        self.dir.mkdir()
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def stub_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> PythonStub:
+        self.process = _spawn(
+            [sys.executable, "-c", _PYTHON_STUB, str(self.port), FACTORS_BODY, STUB_PATH],
+            log=self.dir / "stub.log",
+        )
+        wait_for_http(self.stub_url + STUB_PATH, timeout=10, process=self.process)
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self.process = None
+
+
+class GunicornProcess:
+    """A WSGI app under gunicorn (gthread workers) on a free port, configured through the environment."""
+
+    name = "app"
+    health_path = "/"
+
+    def __init__(
+        self, workdir: Path, port: int, env: t.Mapping[str, str], *, workers: int, threads: int
+    ) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{self.name}-{workers}x{threads}-", dir=workdir))
+        self.port = port
+        self.env = dict(env)
+        self.workers = workers
+        self.threads = threads
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "server.log"
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> t.Self:
+        self.process = _spawn(self.argv(), log=self.log, env=self.env)
+        try:
+            wait_for_http(self.url + self.health_path, timeout=30, process=self.process)
+            self._wait_for_workers(timeout=30)
+        except RuntimeError as error:
+            self.stop()
+            raise RuntimeError(f"{error}\n{_tail(self.log)}") from error
+        return self
+
+    def _wait_for_workers(self, *, timeout: float) -> None:
+        """The master answers as soon as one worker has booted; wait until every worker has."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            booted = self.log.read_text(errors="replace").count("Booting worker")
+            if booted >= self.workers:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"only some of {self.workers} gunicorn workers booted within {timeout:.0f} s")
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the master and its live workers."""
+        if self.process is None:
+            return 0.0
+        return process_tree_cpu(self.process.pid)
+
+    def problems(self) -> int:
+        """Tracebacks, critical lines and worker timeouts in the server's log."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return 0
+        return text.count("Traceback") + text.count("[CRITICAL]") + text.count("WORKER TIMEOUT")
+
+    def stop(self) -> None:
+        # SIGTERM: gunicorn's graceful stop, bounded by its graceful_timeout; then the kill.
+        stop_process(self.process, grace=25.0)
+        self.process = None
+
+
+class BffProcess(GunicornProcess):
+    """``bff serve``: the product's own gunicorn setup."""
+
+    name = "bff"
+    health_path = "/healthz"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "bff.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                "--workers", str(self.workers), "--threads", str(self.threads)]
+
+
+class ReferenceProcess(GunicornProcess):
+    """``bench/reference_app.py`` (a bare forwarder) with the same gunicorn settings as ``bff serve``."""
+
+    name = "reference"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "gunicorn", "--chdir", str(Path(__file__).resolve().parent),
+                "--worker-class", "gthread", "--workers", str(self.workers), "--threads", str(self.threads),
+                "--bind", f"127.0.0.1:{self.port}", "--keep-alive", "5", "--timeout", "60",
+                "--no-control-socket", "reference_app:app"]
+
+
+def make_workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="bff-bench-"))
