@@ -317,6 +317,7 @@ def run(args: argparse.Namespace) -> dict[str, t.Any]:
             "connections": args.connections,
             "load_threads": args.load_threads,
             "workers": args.workers,
+            "worker_class": args.worker_class,
             "threads": args.threads,
         },
         "tools": {
@@ -360,7 +361,8 @@ def run(args: argparse.Namespace) -> dict[str, t.Any]:
             if old is not None:
                 old.stop()
                 running.remove(old)
-            return serve(BffProcess(workdir, bff_port, env, workers=workers, threads=threads))
+            return serve(BffProcess(workdir, bff_port, env, workers=workers, threads=threads,
+                                    worker_class=args.worker_class))
 
         bff = restart_bff(None, args.workers, args.threads)
         http = log_in(bff_url)
@@ -381,7 +383,8 @@ def run(args: argparse.Namespace) -> dict[str, t.Any]:
             reference_env = {**env, "BENCH_REDIS_URL": store_server.url,
                              "BENCH_UPSTREAM_URL": stub.stub_url, "BENCH_COOKIE_NAME": cookie_name}
             reference = serve(ReferenceProcess(workdir, free_port(), reference_env,
-                                               workers=args.workers, threads=args.threads))
+                                               workers=args.workers, threads=args.threads,
+                                               worker_class=args.worker_class))
 
         config = f"{args.workers}x{args.threads}"
         targets = [Target("stub", "(a) stub", stub.stub_url + STUB_PATH)]
@@ -506,6 +509,8 @@ def main(argv: t.Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                         help=f"threads per worker (default {DEFAULT_THREADS})")
     parser.add_argument("--load-threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--worker-class", choices=["gthread", "gevent"], default="gthread",
+                        help="gunicorn worker class for the bff and the bare forwarder (default gthread)")
     parser.add_argument("--sweep", default="",
                         help="then measure these bff configurations too, e.g. 2x8,3x8,4x4 (workers x threads)")
     parser.add_argument("--no-reference", action="store_true", help="skip the bare-forwarder row")

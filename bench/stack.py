@@ -330,8 +330,10 @@ class GunicornProcess:
     health_path = "/"
 
     def __init__(
-        self, workdir: Path, port: int, env: t.Mapping[str, str], *, workers: int, threads: int
+        self, workdir: Path, port: int, env: t.Mapping[str, str], *, workers: int, threads: int,
+        worker_class: str = "gthread",
     ) -> None:
+        self.worker_class = worker_class
         self.dir = Path(tempfile.mkdtemp(prefix=f"{self.name}-{workers}x{threads}-", dir=workdir))
         self.port = port
         self.env = dict(env)
@@ -398,7 +400,8 @@ class BffProcess(GunicornProcess):
 
     def argv(self) -> list[str]:
         return [sys.executable, "-m", "bff.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                "--workers", str(self.workers), "--threads", str(self.threads)]
+                "--workers", str(self.workers), "--threads", str(self.threads),
+                "--worker-class", self.worker_class]
 
 
 class ReferenceProcess(GunicornProcess):
@@ -408,7 +411,7 @@ class ReferenceProcess(GunicornProcess):
 
     def argv(self) -> list[str]:
         return [sys.executable, "-m", "gunicorn", "--chdir", str(Path(__file__).resolve().parent),
-                "--worker-class", "gthread", "--workers", str(self.workers), "--threads", str(self.threads),
+                "--worker-class", self.worker_class, "--workers", str(self.workers), "--threads", str(self.threads),
                 "--bind", f"127.0.0.1:{self.port}", "--keep-alive", "5", "--timeout", "60",
                 "--no-control-socket", "reference_app:app"]
 

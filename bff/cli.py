@@ -37,7 +37,7 @@ def _serve(args: argparse.Namespace) -> None:
     options: dict[str, t.Any] = {
         "bind": f"{args.host}:{args.port}",
         "workers": args.workers,
-        "worker_class": "gthread",
+        "worker_class": args.worker_class,
         "threads": args.threads,
         "timeout": 60,
         "graceful_timeout": 20,
@@ -126,7 +126,9 @@ def main(argv: t.Sequence[str] | None = None) -> None:
     serve.add_argument("--host", default=os.environ.get("BFF_HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("BFF_PORT", "8000")))
     serve.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    serve.add_argument("--threads", type=int, default=16)
+    serve.add_argument("--threads", type=int, default=8, help="threads per gthread worker")
+    serve.add_argument("--worker-class", choices=["gthread", "gevent"], default="gthread",
+                       help="gunicorn worker class (gevent needs the gevent package)")
     serve.add_argument("--access-log", action="store_true", help="log each request's method and path")
     serve.set_defaults(handler=_serve)
 
