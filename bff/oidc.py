@@ -156,11 +156,7 @@ class Provider:
     def validate_id_token(self, id_token: str, *, nonce: str) -> dict[str, t.Any]:
         """Return the ID token's claims, or raise a 400 problem if any check fails."""
         try:
-            try:
-                token = jwt.decode(id_token, self._keys(refresh=False), algorithms=["RS256"])
-            except (JoseError, ValueError):
-                # Possibly a rotated signing key: look again (rate-limited), then decide.
-                token = jwt.decode(id_token, self._keys(refresh=True), algorithms=["RS256"])
+            claims = self.verified_claims(id_token)
             registry = JWTClaimsRegistry(
                 now=lambda: int(self._clock.now()),
                 leeway=_CLOCK_SKEW,
@@ -171,12 +167,11 @@ class Provider:
                 iat={"essential": True},
                 nonce={"essential": True, "value": nonce},
             )
-            registry.validate(token.claims)
+            registry.validate(claims)
         except (JoseError, ValueError) as error:
             raise Problem(
                 400, "login-failed", "Login failed", f"The ID token is not valid ({type(error).__name__})."
             ) from error
-        claims = dict(token.claims)
         audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
         if len(audiences) > 1 and claims.get("azp") != self._settings.client_id:
             raise Problem(400, "login-failed", "Login failed", "The ID token was issued to another party.")

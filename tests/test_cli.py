@@ -58,6 +58,14 @@ def test_check_rejects_invalid_configuration_in_one_line() -> None:
     assert result.stderr.strip().splitlines() == ["bff: BFF_ISSUER_URL: is required but not set"]
 
 
+def stop(process: subprocess.Popen[str]) -> None:
+    process.terminate()
+    process.wait(timeout=10)
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+
+
 def _wait_for_line(process: subprocess.Popen[str], pattern: str, timeout: float = 30) -> re.Match[str]:
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
@@ -88,11 +96,7 @@ def test_emulator_command_serves_discovery_on_the_given_port() -> None:
                 time.sleep(0.1)
         assert document.json()["issuer"] == f"http://127.0.0.1:{port}/"
     finally:
-        process.terminate()
-        process.wait(timeout=10)
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
+        stop(process)
 
 
 def test_demo_starts_and_a_login_through_it_reaches_the_user() -> None:
@@ -116,8 +120,4 @@ def test_demo_starts_and_a_login_through_it_reaches_the_user() -> None:
         methods = http.get(url + "/me/v1/authentication-methods")
         assert methods.status_code == 200
     finally:
-        process.terminate()
-        process.wait(timeout=10)
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
+        stop(process)

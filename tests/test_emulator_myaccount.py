@@ -5,19 +5,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import html.parser
-import json
 import os
 import time
 import typing as t
 import urllib.parse
 
-import cbor2
 import pyotp
 import pytest
 import requests
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from bff.emulator.myaccount_spec import ApiSpec
+from tests.support.webauthn import passkey_credential as support_credential
 
 CLIENT_ID = "myaccount-test-client"
 CLIENT_SECRET = "myaccount-test-client-secret-0123456789"
@@ -106,37 +104,8 @@ def b64url(data: bytes) -> str:
 
 
 def passkey_credential(options: dict[str, t.Any], origin: str = BFF_URL) -> dict[str, t.Any]:
-    """What ``navigator.credentials.create()`` returns for ``options``, with ``none`` attestation.
-
-    A fresh P-256 key; authData holds the rpIdHash, flags UP|UV|AT, a zero sign count and the
-    attested credential data (zero AAGUID, the credential id and the COSE public key).
-    """
-    key = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
-    cose_key = cbor2.dumps({1: 2, 3: -7, -1: 1, -2: key.x.to_bytes(32, "big"), -3: key.y.to_bytes(32, "big")})
-    credential_id = os.urandom(16)
-    auth_data = (
-        hashlib.sha256(options["rp"]["id"].encode()).digest()
-        + bytes([0x01 | 0x04 | 0x40])
-        + (0).to_bytes(4, "big")
-        + bytes(16)
-        + len(credential_id).to_bytes(2, "big")
-        + credential_id
-        + cose_key
-    )
-    attestation = cbor2.dumps({"fmt": "none", "attStmt": {}, "authData": auth_data})
-    client_data = {"type": "webauthn.create", "challenge": options["challenge"], "origin": origin}
-    return {
-        "id": b64url(credential_id),
-        "rawId": b64url(credential_id),
-        "type": "public-key",
-        "response": {
-            "attestationObject": b64url(attestation),
-            "clientDataJSON": b64url(json.dumps(client_data).encode()),
-            "transports": ["internal"],
-        },
-        "authenticatorAttachment": "platform",
-        "clientExtensionResults": {},
-    }
+    """What ``navigator.credentials.create()`` returns for ``options`` (``none`` attestation)."""
+    return support_credential(options, origin)
 
 
 # ----------------------------------------------------------------------- access tokens

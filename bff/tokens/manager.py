@@ -35,7 +35,7 @@ from ..errors import Problem
 from ..security import SecretBox
 from ..session import ACCESS_PREFIX, REFRESH, BffSession
 from ..settings import Settings
-from ..store import SessionStore
+from ..store import Record, SessionStore
 from .endpoint import TokenClient, TokenFailure, TokenSet
 
 __all__ = ["MFA_ACR", "AccessToken", "ScopePlan", "TokenError", "TokenManager"]
@@ -88,6 +88,10 @@ class ScopePlan:
         if scope.startswith("read:"):
             return _READ_SET, self._reads or scope
         return scope, scope
+
+
+def _busy(detail: str) -> TokenError:
+    return TokenError(503, "token-busy", "Token refresh in progress", detail, retry_after="1")
 
 
 def encode_access(box: SecretBox, token: TokenSet, issued_at: float) -> bytes:
@@ -221,26 +225,16 @@ class TokenManager:
         while not self._store.acquire(lock, owner, lease):
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
-            record = self._store.load(sid)
-            if record is None:
-                return self._session_gone(return_to)
-            found = self._fresh_result(record.fields, set_key, scope, stale)
-            if found is not None:
-                return found
+            settled = self._reload(sid, set_key, scope, stale, return_to)
+            if not isinstance(settled, Record):
+                return settled
             if time.monotonic() > deadline:
-                return TokenError(
-                    503, "token-busy", "Token refresh in progress",
-                    "Another request is still refreshing this session's token; try again.",
-                    retry_after="1",
-                )
+                return _busy("Another request is still refreshing this session's token; try again.")
         try:
             # Reload after acquiring: the refresh token may have rotated while we waited.
-            record = self._store.load(sid)
-            if record is None:
-                return self._session_gone(return_to)
-            found = self._fresh_result(record.fields, set_key, scope, stale)
-            if found is not None:
-                return found
+            record = self._reload(sid, set_key, scope, stale, return_to)
+            if not isinstance(record, Record):
+                return record
             sealed_refresh = record.fields.get(REFRESH)
             refresh_token = self._box.open(sealed_refresh) if sealed_refresh else None
             if refresh_token is None:
@@ -249,8 +243,7 @@ class TokenManager:
             # Confirm the lease right before spending the refresh token: a holder that was paused
             # past its lease must not redeem a token someone else may be redeeming now.
             if not self._store.extend(lock, owner, lease):
-                return TokenError(503, "token-busy", "Token refresh in progress", "Lost the refresh lock; retry.",
-                                  retry_after="1")
+                return _busy("Lost the refresh lock; retry.")
             issued_at = self._clock.now()
             result = self._client.refresh(
                 self._token_endpoint(),
@@ -269,13 +262,22 @@ class TokenManager:
             # The rotated refresh token is saved even when the access token is unusable.
             if fields and not self._store.update_fenced(sid, fields, lock, owner):
                 log.error("refresh result could not be saved: the lock was lost or the session ended")
-                return TokenError(503, "token-busy", "Token refresh interrupted",
-                                  "The session changed during the refresh; try again.", retry_after="1")
+                return _busy("The session changed during the refresh; try again.")
             if mismatch is not None:
                 return mismatch
             return AccessToken(result.access_token, result.expires_at, frozenset(result.scope.split()))
         finally:
             self._store.release(lock, owner)
+
+    def _reload(
+        self, sid: str, set_key: str, scope: str, stale: bytes | None, return_to: str
+    ) -> Record | AccessToken | TokenError:
+        """The record as stored now, or the outcome it already settles (session ended, or refreshed)."""
+        record = self._store.load(sid)
+        if record is None:
+            return self._session_gone(return_to)
+        found = self._fresh_result(record.fields, set_key, scope, stale)
+        return record if found is None else found
 
     def _fresh_result(
         self, fields: t.Mapping[str, bytes], set_key: str, scope: str, stale: bytes | None
