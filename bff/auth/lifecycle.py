@@ -7,16 +7,24 @@ of scanning the store.
 
 from __future__ import annotations
 
-import json
 import logging
 import typing as t
 
 from ..services import Services
-from ..session import ACCESS_PREFIX, DOC, REFRESH, SEEN, BffSession
+from ..session import ACCESS_PREFIX, DOC, REFRESH, SEEN, BffSession, JsonSerializer
 from ..tokens.endpoint import TokenSet
 from ..tokens.manager import LOGIN_SET, encode_access, jwt_audiences
 
-__all__ = ["end_session", "idp_sid_index", "start_session", "sub_index"]
+__all__ = [
+    "end_record",
+    "end_session",
+    "idp_sid_index",
+    "load_document",
+    "load_session",
+    "public_claims",
+    "start_session",
+    "sub_index",
+]
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +145,10 @@ def load_session(svc: Services, sid: str) -> BffSession | None:
 
 
 def load_document(raw: bytes | None) -> dict[str, t.Any] | None:
+    """A stored session document, decoded as the session interface writes it; ``None`` if unreadable."""
     if raw is None:
         return None
     try:
-        value = json.loads(raw)
+        return JsonSerializer().decode(raw)
     except ValueError:
         return None
-    return value if isinstance(value, dict) else None
-
-
-__all__ += ["DOC", "end_record", "load_document", "load_session", "public_claims"]
