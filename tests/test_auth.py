@@ -236,3 +236,21 @@ def test_store_outage_gives_503_then_recovers_without_a_new_login(stack: Stack, 
     user = http.get(stack.bff_url + "/bff/user")
     assert user.status_code == 200, user.text
     assert user.json()["claims"]["email"] == "alice@example.com"
+
+
+def test_logout_without_a_session_is_idempotent(stack: Stack) -> None:
+    response = stack.browser().post(stack.bff_url + "/bff/logout")
+    assert response.status_code == 200
+    query = parse_qs(urlsplit(response.json()["logout_url"]).query)
+    assert "id_token_hint" not in query
+    assert query["client_id"] == [stack.settings.client_id]
+
+
+def test_logout_during_a_store_outage_is_a_503_and_keeps_the_session(stack: Stack, redis_server: t.Any) -> None:
+    http = stack.logged_in()
+    redis_server.stop()
+    try:
+        assert_problem(http.post(stack.bff_url + "/bff/logout"), 503, "store-unavailable")
+    finally:
+        redis_server.start()
+    assert http.get(stack.bff_url + "/bff/user").status_code == 200
