@@ -464,6 +464,11 @@ def start_connect(me: MyAccount, **body: t.Any) -> dict[str, t.Any]:
     return t.cast(dict[str, t.Any], response.json())
 
 
+def completion(started: dict[str, t.Any], query: dict[str, str]) -> dict[str, t.Any]:
+    """The /complete body for a connect flow that came back through the consent page."""
+    return {"auth_session": started["auth_session"], "connect_code": query["connect_code"], "redirect_uri": CALLBACK}
+
+
 def consent(me: MyAccount, started: dict[str, t.Any], decision: str = "allow") -> dict[str, str]:
     """Open the consent page like a browser, press a button, and return the redirect's query."""
     page = me.http.get(started["connect_uri"], params=started["connect_params"], timeout=10)
@@ -484,11 +489,7 @@ def consent(me: MyAccount, started: dict[str, t.Any], decision: str = "allow") -
 def connect_account(me: MyAccount, connection: str = "google-oauth2") -> dict[str, t.Any]:
     started = start_connect(me, connection=connection)
     query = consent(me, started)
-    body = {
-        "auth_session": started["auth_session"],
-        "connect_code": query["connect_code"],
-        "redirect_uri": CALLBACK,
-    }
+    body = completion(started, query)
     response = me.call("POST", "/connected-accounts/complete", json=body)
     assert response.status_code == 201, response.text
     return t.cast(dict[str, t.Any], response.json())
@@ -531,12 +532,7 @@ def test_connect_consent_complete_list_and_delete(me: MyAccount) -> None:
     completed = me.call(
         "POST",
         "/connected-accounts/complete",
-        json={
-            "auth_session": started["auth_session"],
-            "connect_code": query["connect_code"],
-            "redirect_uri": CALLBACK,
-            "code_verifier": verifier,
-        },
+        json={**completion(started, query), "code_verifier": verifier},
     )
 
     assert completed.status_code == 201, completed.text
@@ -563,11 +559,7 @@ def test_deny_redirects_with_access_denied(me: MyAccount) -> None:
 def test_completing_twice_is_409(me: MyAccount) -> None:
     started = start_connect(me)
     query = consent(me, started)
-    body = {
-        "auth_session": started["auth_session"],
-        "connect_code": query["connect_code"],
-        "redirect_uri": CALLBACK,
-    }
+    body = completion(started, query)
     assert me.call("POST", "/connected-accounts/complete", json=body).status_code == 201
     assert_error(me.call("POST", "/connected-accounts/complete", json=body), 409)
 
@@ -576,11 +568,7 @@ def test_a_wrong_code_verifier_is_rejected(me: MyAccount) -> None:
     _, challenge = pkce_pair()
     started = start_connect(me, code_challenge=challenge, code_challenge_method="S256")
     query = consent(me, started)
-    body = {
-        "auth_session": started["auth_session"],
-        "connect_code": query["connect_code"],
-        "redirect_uri": CALLBACK,
-    }
+    body = completion(started, query)
     wrong = me.call("POST", "/connected-accounts/complete", json={**body, "code_verifier": pkce_pair()[0]})
     assert_error(wrong, 400)
     assert error_fields(wrong) == {"code_verifier"}
@@ -591,11 +579,7 @@ def test_a_wrong_code_verifier_is_rejected(me: MyAccount) -> None:
 def test_complete_checks_code_and_redirect_uri(me: MyAccount) -> None:
     started = start_connect(me)
     query = consent(me, started)
-    body = {
-        "auth_session": started["auth_session"],
-        "connect_code": query["connect_code"],
-        "redirect_uri": CALLBACK,
-    }
+    body = completion(started, query)
     wrong_code = me.call("POST", "/connected-accounts/complete", json={**body, "connect_code": "nope"})
     assert error_fields(wrong_code) == {"connect_code"}
     wrong_uri = me.call("POST", "/connected-accounts/complete", json={**body, "redirect_uri": CALLBACK + "x"})
@@ -626,11 +610,7 @@ def test_tickets_and_auth_sessions_expire(me: MyAccount) -> None:
     me.state.clock.advance(started["expires_in"] + 1)
     page = me.http.get(late["connect_uri"], params=late["connect_params"], timeout=10)
     assert page.status_code == 400 and "expired" in page.text
-    body = {
-        "auth_session": started["auth_session"],
-        "connect_code": query["connect_code"],
-        "redirect_uri": CALLBACK,
-    }
+    body = completion(started, query)
     assert error_fields(me.call("POST", "/connected-accounts/complete", json=body)) == {"auth_session"}
 
 
