@@ -90,19 +90,15 @@ def proxy(rest: str = "") -> Response:
 
     token = svc.tokens.access_token(session, scope, return_to=return_to)
     upstream = _send(token, match.route.method, match.upstream_path, match.query, headers, body)
-    if isinstance(upstream, UpstreamResponse) and upstream.status == 401:
-        # The API refused a token the BFF believed valid (revoked, clock skew): refresh once, retry once.
+    if _token_refused(upstream):
+        # The API refused a token the BFF believed good (revoked, clock skew, consent or policy changed
+        # since it was minted): one fresh token, one retry. A second refusal is the user's to resolve.
         token = svc.tokens.access_token(session, scope, return_to=return_to, force_refresh=True)
         upstream = _send(token, match.route.method, match.upstream_path, match.query, headers, body)
         if isinstance(upstream, UpstreamResponse) and upstream.status == 401:
             raise Problem(401, "login-required", "Login required",
                           "The My Account API rejected the session's tokens.",
                           login_url=svc.tokens.login_url(return_to))
-    if isinstance(upstream, UpstreamResponse) and upstream.insufficient_scope:
-        # The API disagrees with the scope the IdP granted (consent or policy changed since the token was
-        # minted): one fresh token first; if that is refused too, only a new login with MFA can help.
-        token = svc.tokens.access_token(session, scope, return_to=return_to, force_refresh=True)
-        upstream = _send(token, match.route.method, match.upstream_path, match.query, headers, body)
         if isinstance(upstream, UpstreamResponse) and upstream.insufficient_scope:
             raise Problem(401, "step-up-required", "Step-up authentication required",
                           f"The My Account API requires {scope}, which a new login may grant.",
@@ -116,6 +112,10 @@ def proxy(rest: str = "") -> Response:
     if "Cache-Control" not in response.headers:
         response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _token_refused(upstream: UpstreamResponse | UpstreamFailure) -> bool:
+    return isinstance(upstream, UpstreamResponse) and (upstream.status == 401 or upstream.insufficient_scope)
 
 
 def _send(
