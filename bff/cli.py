@@ -96,17 +96,18 @@ def _check(args: argparse.Namespace) -> None:
     if settings.session_store is None:
         problems.append("BFF_SESSION_STORE: is required but not set")
     else:
-        from .store import open_store
+        from .store import StoreUnavailable, open_store
 
         try:
             store = open_store(settings.session_store)
             store.ping()
             store.close()
-        except (ValueError, Problem) as error:
-            detail = error.detail if isinstance(error, Problem) else str(error)
-            problems.append(f"BFF_SESSION_STORE: {detail}")
+        except ValueError as error:
+            problems.append(f"BFF_SESSION_STORE: {error}")
+        except StoreUnavailable:
+            problems.append("BFF_SESSION_STORE: the session store is not answering or refuses writes")
     try:
-        from .proxy.routes import RouteTable
+        from .proxy.matching import RouteTable
 
         RouteTable.from_config(settings.proxy_routes)
     except ValueError as error:

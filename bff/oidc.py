@@ -21,7 +21,7 @@ from joserfc.jwk import KeySet
 from joserfc.jwt import JWTClaimsRegistry
 
 from .clock import Clock
-from .errors import Problem
+from .errors import Problem, ProblemKind
 from .settings import Settings
 
 __all__ = ["AuthorizationRequest", "Provider"]
@@ -39,7 +39,11 @@ class AuthorizationRequest(t.NamedTuple):
 
 
 def _idp_unavailable(detail: str) -> Problem:
-    return Problem(502, "idp-unavailable", "Identity provider unavailable", detail)
+    return Problem(ProblemKind.IDP_UNAVAILABLE, detail, headers={"Retry-After": "1"})
+
+
+def _idp_misconfigured(detail: str) -> Problem:
+    return Problem(ProblemKind.IDP_MISCONFIGURED, detail)
 
 
 class Provider:
@@ -65,7 +69,7 @@ class Provider:
         url = self._settings.issuer_url + ".well-known/openid-configuration"
         document = self._get_json(url, "discovery document")
         if document.get("issuer") != self._settings.issuer_url:
-            raise _idp_unavailable(
+            raise _idp_misconfigured(
                 f"The discovery document names issuer {document.get('issuer')!r}, "
                 f"not BFF_ISSUER_URL {self._settings.issuer_url!r}."
             )
@@ -77,8 +81,13 @@ class Provider:
     def endpoint(self, name: str) -> str:
         value = self.metadata().get(name)
         if not isinstance(value, str) or not value:
-            raise _idp_unavailable(f"The discovery document has no {name}.")
+            raise _idp_misconfigured(f"The discovery document has no {name}.")
         return value
+
+    def revocation_endpoint(self) -> str:
+        """Where refresh tokens are revoked: discovery's ``revocation_endpoint``, else Auth0's path."""
+        value = self.metadata().get("revocation_endpoint")
+        return value if isinstance(value, str) and value else self._settings.issuer_url + "oauth/revoke"
 
     def _get_json(self, url: str, what: str) -> dict[str, t.Any]:
         try:
@@ -88,7 +97,7 @@ class Provider:
         except (requests.RequestException, ValueError) as error:
             raise _idp_unavailable(f"Could not fetch the {what} ({type(error).__name__}).") from error
         if not isinstance(document, dict):
-            raise _idp_unavailable(f"The {what} is not a JSON object.")
+            raise _idp_misconfigured(f"The {what} is not a JSON object.")
         return document
 
     def _keys(self, *, refresh: bool) -> KeySet:
@@ -100,7 +109,7 @@ class Provider:
         try:
             keys = KeySet.import_key_set(t.cast(t.Any, document))
         except (JoseError, ValueError, KeyError) as error:
-            raise _idp_unavailable("The JWKS could not be parsed.") from error
+            raise _idp_misconfigured("The JWKS could not be parsed.") from error
         with self._lock:
             self._jwks = keys
             self._jwks_at = self._clock.now()
@@ -126,15 +135,19 @@ class Provider:
         )
         return AuthorizationRequest(url=url, state=state, nonce=nonce, code_verifier=code_verifier)
 
-    def logout_url(self, id_token: str | None) -> str:
-        """RP-initiated logout at the IdP (``/oidc/logout``), returning to the SPA's root."""
+    def logout_url(self, idp_sid: str | None) -> str:
+        """RP-initiated logout at the IdP (``/oidc/logout``), returning to the SPA's root.
+
+        Security: the URL goes to the browser, so it carries ``client_id`` and the IdP session id as
+        ``logout_hint`` (which Auth0 accepts), never the ID token as ``id_token_hint``.
+        """
         endpoint = self.metadata().get("end_session_endpoint") or self._settings.issuer_url + "oidc/logout"
         params = {
             "client_id": self._settings.client_id,
             "post_logout_redirect_uri": self._settings.post_logout_redirect_uri,
         }
-        if id_token:
-            params["id_token_hint"] = id_token
+        if idp_sid:
+            params["logout_hint"] = idp_sid
         return f"{endpoint}?{urlencode(params)}"
 
     # Signed tokens ---------------------------------------------------------------------------
@@ -170,9 +183,9 @@ class Provider:
             registry.validate(claims)
         except (JoseError, ValueError) as error:
             raise Problem(
-                400, "login-failed", "Login failed", f"The ID token is not valid ({type(error).__name__})."
+                ProblemKind.LOGIN_FAILED, f"The ID token is not valid ({type(error).__name__})."
             ) from error
         audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
         if len(audiences) > 1 and claims.get("azp") != self._settings.client_id:
-            raise Problem(400, "login-failed", "Login failed", "The ID token was issued to another party.")
+            raise Problem(ProblemKind.LOGIN_FAILED, "The ID token was issued to another party.")
         return claims

@@ -19,12 +19,12 @@ import re
 from urllib.parse import unquote, urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from flask import Request
+from flask import Flask, Request, Response, request
 
-from .errors import Problem
+from .errors import Problem, ProblemKind
 from .settings import Settings
 
-__all__ = ["SecretBox", "check_anti_forgery", "safe_return_to"]
+__all__ = ["CSRF_HEADER", "SecretBox", "check_anti_forgery", "init_app", "safe_return_to"]
 
 CSRF_HEADER = "X-CSRF"
 _MAX_RETURN_TO = 2048
@@ -34,17 +34,13 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def check_anti_forgery(request: Request, settings: Settings) -> None:
     """Raise a 403 problem unless the request is provably from the BFF's own origin."""
     if request.headers.get(CSRF_HEADER) != "1":
-        raise Problem(
-            403, "csrf", "Anti-forgery check failed", f"The request must carry the header {CSRF_HEADER}: 1."
-        )
+        raise Problem(ProblemKind.CSRF, f"The request must carry the header {CSRF_HEADER}: 1.")
     origin = request.headers.get("Origin")
     if origin is not None and origin != settings.origin:
-        raise Problem(403, "csrf", "Anti-forgery check failed", "The request's Origin is not this site.")
+        raise Problem(ProblemKind.CSRF, "The request's Origin is not this site.")
     fetch_site = request.headers.get("Sec-Fetch-Site")
     if fetch_site is not None and fetch_site not in ("same-origin", "none"):
-        raise Problem(
-            403, "csrf", "Anti-forgery check failed", "The browser reports this request as cross-origin."
-        )
+        raise Problem(ProblemKind.CSRF, "The browser reports this request as cross-origin.")
 
 
 def safe_return_to(value: str | None, default: str = "/") -> str:
@@ -58,7 +54,7 @@ def safe_return_to(value: str | None, default: str = "/") -> str:
         return default
 
     def reject(why: str) -> Problem:
-        return Problem(400, "invalid-return-url", "Invalid return URL", f"returnTo {why}; use a local path.")
+        return Problem(ProblemKind.INVALID_RETURN_URL, f"returnTo {why}; use a local path.")
 
     if len(value) > _MAX_RETURN_TO:
         raise reject("is too long")
@@ -100,10 +96,11 @@ class SecretBox:
     def seal(self, plaintext: bytes) -> bytes:
         return self._fernet.encrypt(plaintext)
 
-    def open(self, sealed: bytes) -> bytes | None:
-        """Decrypt, or ``None`` when no configured key opens it (tampered or rotated away)."""
+    def open(self, sealed: bytes, *, ttl: int | None = None) -> bytes | None:
+        """Decrypt, or ``None`` when no configured key opens it (tampered or rotated away) or, with
+        ``ttl``, when it was sealed more than ``ttl`` seconds ago."""
         try:
-            return self._fernet.decrypt(sealed)
+            return self._fernet.decrypt(sealed, ttl=ttl)
         except InvalidToken:
             return None
 
@@ -118,3 +115,17 @@ class SecretBox:
             if hmac.compare_digest(expected, tag):
                 return True
         return False
+
+
+def init_app(app: Flask) -> None:
+    """Headers every response carries: no sniffing, no framing, no referrer to other sites, and no
+    caching of the BFF's own JSON."""
+
+    @app.after_request
+    def _security_headers(response: Response) -> Response:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        if request.path.startswith("/bff/") and response.mimetype in ("application/json", "application/problem+json"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response

@@ -8,22 +8,20 @@ from __future__ import annotations
 import typing as t
 from dataclasses import dataclass
 
-from flask import current_app, session
+from flask import current_app
 
 from .clock import Clock
+from .myaccount import MyAccountClient
 from .oidc import Provider
+from .proxy.matching import RouteTable
 from .security import SecretBox
-from .session import BffSession, StoreSessionInterface
+from .session import SessionCore
 from .settings import Settings
 from .store import SessionStore
 from .tokens.endpoint import TokenClient
 from .tokens.manager import TokenManager
 
-if t.TYPE_CHECKING:
-    from .proxy.forward import Forwarder
-    from .proxy.routes import RouteTable
-
-__all__ = ["Services", "current_session", "services"]
+__all__ = ["EXTENSION_KEY", "Services", "services"]
 
 EXTENSION_KEY = "bff"
 
@@ -36,15 +34,11 @@ class Services:
     box: SecretBox
     provider: Provider
     token_client: TokenClient
+    sessions: SessionCore
     tokens: TokenManager
-    sessions: StoreSessionInterface
+    myaccount: MyAccountClient
     routes: RouteTable
-    forwarder: Forwarder
 
 
 def services() -> Services:
     return t.cast(Services, current_app.extensions[EXTENSION_KEY])
-
-
-def current_session() -> BffSession:
-    return t.cast(BffSession, session._get_current_object())  # type: ignore[attr-defined]

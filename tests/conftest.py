@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 import typing as t
 
 import pytest
 import requests
 
 from bff import Settings, create_app
+from bff.clock import Clock
 from bff.store import SessionStore, open_store
 from tests.support.browser import bff_session, login
 from tests.support.redis_server import RedisServer
@@ -66,7 +68,9 @@ StackFactory = t.Callable[..., Stack]
 def make_stack(redis_url: str, tmp_path: t.Any) -> t.Iterator[StackFactory]:
     started: list[tuple[ThreadedServer, t.Any, SessionStore]] = []
 
-    def factory(*, store: str = "redis", host: str = "127.0.0.1", **overrides: t.Any) -> Stack:
+    def factory(
+        *, store: str = "redis", host: str = "127.0.0.1", clock: Clock | None = None, **overrides: t.Any
+    ) -> Stack:
         from bff.emulator import EmulatorConfig, EmulatorServer
 
         server = ThreadedServer()
@@ -83,8 +87,8 @@ def make_stack(redis_url: str, tmp_path: t.Any) -> t.Iterator[StackFactory]:
             session_store=store_url,
             **overrides,
         )
-        session_store = open_store(store_url)
-        app = create_app(settings, store=session_store)
+        session_store = open_store(store_url, clock=clock.now if clock else time.time)
+        app = create_app(settings, store=session_store, clock=clock)
         server.serve(app)
         started.append((server, emulator, session_store))
         return Stack(bff_url, emulator, settings, session_store, app)

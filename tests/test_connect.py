@@ -262,12 +262,23 @@ def test_an_unknown_connection_is_a_400_from_the_api(stack: Stack) -> None:
     assert "slack" in body["detail"]
 
 
-def test_insufficient_scope_from_the_api_asks_for_step_up(stack: Stack) -> None:
+def test_insufficient_scope_twice_from_the_api_asks_for_step_up(stack: Stack) -> None:
     http = stack.logged_in()
-    stack.idp.my_account.fail_next(403, error_body(403, "insufficient_scope", code=INSUFFICIENT_SCOPE_CODE))
+    refused = error_body(403, "insufficient_scope", code=INSUFFICIENT_SCOPE_CODE)
+    stack.idp.my_account.fail_next(403, refused)
+    stack.idp.my_account.fail_next(403, refused)  # the retry with a fresh token is refused too
     body = assert_problem(start(http, stack, returnTo="/accounts"), 401, "step-up-required")
     query = parse_qs(urlsplit(body["login_url"]).query)
     assert query["returnTo"] == ["/accounts"] and "acr_values" in query
+
+
+def test_insufficient_scope_once_is_retried_with_a_fresh_token_like_the_proxy(stack: Stack) -> None:
+    http = stack.logged_in()
+    stack.idp.my_account.fail_next(403, error_body(403, "insufficient_scope", code=INSUFFICIENT_SCOPE_CODE))
+    before = stack.idp.counters()["token_calls_by_grant_type"].get("refresh_token", 0)
+    assert start(http, stack).status_code == 200
+    # The cached token was refused, so exactly one more exchange than the first one minted.
+    assert stack.idp.counters()["token_calls_by_grant_type"].get("refresh_token", 0) == before + 2
 
 
 def test_the_binding_cookie_survives_the_cross_site_return_but_not_scripts(stack: Stack) -> None:

@@ -6,21 +6,12 @@ import typing as t
 
 import pytest
 
-from bff.proxy import routes as routes_module
-from bff.proxy.routes import (
-    DEFAULT_GROUPS,
-    GROUPS,
-    MAX_PATH_LENGTH,
-    MAX_QUERY_LENGTH,
-    NEVER_EXPOSED,
-    Route,
-    RouteMatch,
-    RouteRejection,
-    RouteTable,
-    routes_from_openapi,
-    scopes_for,
-    spec_routes,
-)
+from bff.proxy import config as config_module
+from bff.proxy import matching as matching_module
+from bff.proxy import spec as spec_module
+from bff.proxy.config import DEFAULT_GROUPS, enabled_routes
+from bff.proxy.matching import MAX_PATH_LENGTH, MAX_QUERY_LENGTH, RouteMatch, RouteRejection, RouteTable
+from bff.proxy.spec import GROUPS, NEVER_EXPOSED, Route, routes_from_openapi, scopes_for, spec_routes
 
 DEFAULT = RouteTable.from_config(None)
 
@@ -154,26 +145,33 @@ def test_spec_is_read_once() -> None:
     assert spec_routes() is spec_routes()
 
 
-def test_public_surface_is_pinned() -> None:
-    assert sorted(routes_module.__all__) == [
-        "DEFAULT_GROUPS",
-        "GROUPS",
-        "MAX_PATH_LENGTH",
-        "MAX_QUERY_LENGTH",
-        "NEVER_EXPOSED",
-        "PathParam",
-        "QueryParam",
-        "RejectionKind",
-        "Route",
-        "RouteMatch",
-        "RouteRejection",
-        "RouteTable",
-        "ValueRule",
-        "routes_from_openapi",
-        "scopes_for",
-        "spec_routes",
-    ]
-    assert all(hasattr(routes_module, name) for name in routes_module.__all__)
+@pytest.mark.parametrize(
+    ("module", "surface"),
+    [
+        (
+            spec_module,
+            [
+                "GROUPS",
+                "NEVER_EXPOSED",
+                "PathParam",
+                "QueryParam",
+                "Route",
+                "ValueRule",
+                "routes_from_openapi",
+                "scopes_for",
+                "spec_routes",
+            ],
+        ),
+        (
+            matching_module,
+            ["MAX_PATH_LENGTH", "MAX_QUERY_LENGTH", "RejectionKind", "RouteMatch", "RouteRejection", "RouteTable"],
+        ),
+        (config_module, ["DEFAULT_GROUPS", "enabled_routes"]),
+    ],
+)
+def test_public_surface_is_pinned(module: t.Any, surface: list[str]) -> None:
+    assert sorted(module.__all__) == surface
+    assert all(hasattr(module, name) for name in module.__all__)
 
 
 @pytest.mark.parametrize(("kind", "status"), [("not-found", 404), ("bad-path", 400), ("bad-query", 400)])
@@ -623,6 +621,13 @@ def test_bad_config_entry_is_a_value_error_naming_it(config: str, entry: str, fr
 def test_empty_config_entry_is_a_value_error(config: str) -> None:
     with pytest.raises(ValueError, match="empty entry"):
         RouteTable.from_config(config)
+
+
+def test_enabled_routes_lists_what_the_config_names_in_order_and_the_table_deduplicates() -> None:
+    named = enabled_routes("GET /factors, factors", spec_routes())
+    assert [(r.method, r.template) for r in named] == [("GET", "/factors"), ("GET", "/factors")]
+    assert RouteTable(named).routes == RouteTable.from_config("factors").routes
+    assert enabled_routes("none", spec_routes()) == []
 
 
 # ---------------------------------------------------------------------------------------------------------

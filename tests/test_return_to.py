@@ -36,7 +36,7 @@ def test_non_local_return_urls_are_rejected(value: str) -> None:
     with pytest.raises(Problem) as raised:
         safe_return_to(value)
     assert raised.value.status == 400
-    assert raised.value.kind == "invalid-return-url"
+    assert raised.value.kind.slug == "invalid-return-url"
 
 
 @pytest.mark.parametrize(

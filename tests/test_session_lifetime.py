@@ -1,7 +1,7 @@
 """Session lifetime (idle timeout, sliding, absolute lifetime) and the user's session list.
 
-Expiry is the store's own TTL, which runs on real time, so these tests use idle timeouts of a few
-seconds rather than a fake clock.
+Expiry is decided by the BFF's clock (and the record's TTL in the store only backs it up), so these
+tests move a manual clock instead of sleeping.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import requests
 
 from tests.conftest import Stack, StackFactory
 from tests.support.browser import login
+from tests.support.clock import ManualClock
 from tests.support.problems import assert_problem
 
 
@@ -26,52 +27,42 @@ def user_status(stack: Stack, http: requests.Session) -> int:
     return http.get(stack.bff_url + "/bff/user").status_code
 
 
-def keep_active(stack: Stack, http: requests.Session, seconds: float, every: float = 0.4) -> None:
-    """Use the session every ``every`` seconds for ``seconds``; each call must succeed."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert user_status(stack, http) == 200
-        time.sleep(every)
-
-
-def wait_until_gone(stack: Stack, sid: str, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while stack.store.load(sid) is not None:
-        assert time.monotonic() < deadline, "the session record outlived its TTL"
-        time.sleep(0.1)
-
-
 @pytest.mark.parametrize("store", ["redis", "sqlite"])
-def test_an_idle_session_expires_after_the_idle_timeout(make_stack: StackFactory, store: str) -> None:
-    stack = make_stack(store=store, session_idle_timeout=2, session_lifetime=60)
+def test_an_idle_session_ends_after_the_idle_timeout(make_stack: StackFactory, store: str) -> None:
+    clock = ManualClock()
+    stack = make_stack(store=store, clock=clock, session_idle_timeout=600, session_lifetime=3600)
     http = stack.logged_in()
     sid = sid_of(stack, http)
-    record = stack.store.load(sid)
-    assert record is not None
+    clock.advance(599)
+    assert stack.store.load(sid) is not None
 
-    time.sleep(2.3)
+    clock.advance(2)
 
-    assert stack.store.load(sid) is None
     assert_problem(http.get(stack.bff_url + "/bff/user"), 401, "not-authenticated")
+    assert stack.store.load(sid) is None
 
 
 def test_activity_slides_the_idle_timeout_and_idle_sessions_drop_from_the_list(make_stack: StackFactory) -> None:
-    stack = make_stack(session_idle_timeout=2, session_lifetime=60)
+    clock = ManualClock()
+    stack = make_stack(clock=clock, session_idle_timeout=600, session_lifetime=3600)
     active, idle = stack.logged_in(), stack.logged_in()
     idle_sid = sid_of(stack, idle)
 
-    keep_active(stack, active, 3.0)  # longer than one idle period
+    for _ in range(4):  # 800 s in all, longer than one idle period, never 600 s without a request
+        clock.advance(200)
+        assert user_status(stack, active) == 200
 
-    assert stack.store.load(idle_sid) is None
     assert user_status(stack, idle) == 401
+    assert stack.store.load(idle_sid) is None
     listed = active.get(stack.bff_url + "/bff/sessions").json()["sessions"]
     assert [entry["current"] for entry in listed] == [True]
-    time.sleep(2.3)
+    clock.advance(601)
     assert user_status(stack, active) == 401
 
 
 def test_sliding_writes_at_most_once_per_touch_interval(make_stack: StackFactory) -> None:
-    stack = make_stack(session_idle_timeout=10, session_lifetime=60)  # touch interval: 1 s
+    clock = ManualClock()
+    stack = make_stack(clock=clock, session_idle_timeout=600, session_lifetime=3600)  # touch interval: 60 s
     http = stack.logged_in()
     sid = sid_of(stack, http)
     requests_made = 20
@@ -79,41 +70,44 @@ def test_sliding_writes_at_most_once_per_touch_interval(make_stack: StackFactory
     for _ in range(requests_made):
         assert user_status(stack, http) == 200
     # One load per request, and not one write per request.
-    assert stack.store.round_trips - before <= requests_made + 1
+    assert stack.store.round_trips - before == requests_made
 
-    time.sleep(1.2)
     record = stack.store.load(sid)
     assert record is not None
     redis_client = redis.Redis.from_url(t.cast(str, stack.settings.session_store))
-    assert redis_client.pttl(f"bff:s:{sid}") < 9000
+    redis_client.pexpire(f"bff:s:{sid}", 5000)  # so that a renewal of the TTL shows
+    clock.advance(61)
     before = stack.store.round_trips
     assert user_status(stack, http) == 200
     assert stack.store.round_trips - before == 2  # the load and one touch
     renewed = stack.store.load(sid)
     assert renewed is not None and float(renewed.fields["seen"]) > float(record.fields["seen"])
-    assert redis_client.pttl(f"bff:s:{sid}") > 9000
+    assert redis_client.pttl(f"bff:s:{sid}") > 600_000  # the idle timeout again, plus a grace period
     redis_client.close()
 
 
 def test_the_absolute_lifetime_ends_even_an_active_session(make_stack: StackFactory) -> None:
-    stack = make_stack(session_idle_timeout=2, session_lifetime=3)
+    clock = ManualClock()
+    stack = make_stack(clock=clock, session_idle_timeout=600, session_lifetime=1000)
     http = stack.logged_in()
     sid = sid_of(stack, http)
-    started = time.monotonic()
-    keep_active(stack, http, 2.4)
-    while time.monotonic() - started < 3.2:
-        time.sleep(0.1)
+    for _ in range(4):
+        clock.advance(240)
+        assert user_status(stack, http) == 200
+    clock.advance(50)  # 1010 s after login, though active 50 s ago
     assert_problem(http.get(stack.bff_url + "/bff/user"), 401, "not-authenticated")
-    wait_until_gone(stack, sid)
+    assert stack.store.load(sid) is None
 
 
 def test_user_reports_the_remaining_lifetime_and_idle_time(make_stack: StackFactory) -> None:
-    stack = make_stack(session_idle_timeout=600, session_lifetime=3600)
+    clock = ManualClock()
+    stack = make_stack(clock=clock, session_idle_timeout=600, session_lifetime=3600)
     http = stack.logged_in()
+    clock.advance(100)
     session = http.get(stack.bff_url + "/bff/user").json()["session"]
-    assert 3590 <= session["expires_in"] <= 3600
-    assert 590 <= session["idle_expires_in"] <= 600
-    assert session["last_seen"] <= time.time()
+    assert 3490 <= session["expires_in"] <= 3500
+    assert 490 <= session["idle_expires_in"] <= 500  # measured from the last activity, before this one
+    assert session["last_seen"] <= clock.now() - 99
 
 
 # The user's sessions -----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pyotp
 import pytest
 import requests
 
-from bff.tokens.manager import MFA_ACR
+from bff.myaccount import MFA_ACR
 from tests.conftest import Stack
 from tests.support.browser import follow, submit_form
 from tests.support.problems import assert_problem

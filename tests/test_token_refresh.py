@@ -21,6 +21,7 @@ from bff.clock import Clock
 from bff.store import open_store
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, SECRET_KEY, Stack, StackFactory
 from tests.support.browser import bff_session, login
+from tests.support.clock import ManualClock
 from tests.support.processes import BffProcess
 from tests.support.redis_server import free_port
 from tests.support.servers import ThreadedServer
@@ -264,14 +265,6 @@ def test_a_slow_request_never_writes_back_the_refresh_token_it_loaded(make_stack
         upstream.stop()
 
 
-class ManualClock:
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def now(self) -> float:
-        return time.time() + self.offset
-
-
 def test_tokens_are_refreshed_proactively_before_expiry(redis_url: str) -> None:
     from bff.emulator import EmulatorConfig, EmulatorServer
 
@@ -282,16 +275,16 @@ def test_tokens_are_refreshed_proactively_before_expiry(redis_url: str) -> None:
     try:
         settings = Settings(issuer_url=emulator.url + "/", client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
                             base_url=server.url(), secret_keys=(SECRET_KEY,), session_store=redis_url,
-                            token_refresh_margin=60)
+                            token_refresh_margin=60, session_idle_timeout=2 * 86400)
         server.serve(create_app(settings, clock=t.cast(Clock, clock)))
         http = bff_session(server.url())
         login(http, server.url())
         assert http.get(server.url() + READ).status_code == 200
         before = refresh_calls(emulator.state)
-        clock.offset = 86400 - 90  # 90 s before the 24 h token expires: outside the margin
+        clock.advance(86400 - 90)  # 90 s before the 24 h token expires: outside the margin
         assert http.get(server.url() + READ).status_code == 200
         assert refresh_calls(emulator.state) == before
-        clock.offset = 86400 - 30  # 30 s before expiry: inside the 60 s margin
+        clock.advance(60)  # 30 s before expiry: inside the 60 s margin
         assert http.get(server.url() + READ).status_code == 200
         assert refresh_calls(emulator.state) == before + 1
     finally:

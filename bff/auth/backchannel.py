@@ -18,7 +18,6 @@ problem for an invalid token, always ``Cache-Control: no-store``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import typing as t
 
@@ -26,10 +25,9 @@ from flask import Blueprint, Response, request
 from joserfc.errors import JoseError
 from joserfc.jwt import JWTClaimsRegistry
 
-from ..errors import Problem
+from ..errors import Problem, ProblemKind
 from ..services import Services, services
-from ..session import DOC
-from .lifecycle import end_record, idp_sid_index, load_document, sub_index
+from ..session import EndReason, LiveSession
 
 __all__ = ["BACKCHANNEL_LOGOUT_EVENT", "MAX_TOKEN_AGE", "blueprint", "validate_logout_token"]
 
@@ -47,7 +45,7 @@ _MAX_CLAIM_LENGTH = 512
 
 
 def _invalid(detail: str) -> Problem:
-    return Problem(400, "invalid-logout-token", "Invalid logout token", detail)
+    return Problem(ProblemKind.INVALID_LOGOUT_TOKEN, detail)
 
 
 def validate_logout_token(svc: Services, token: str) -> dict[str, t.Any]:
@@ -92,32 +90,23 @@ def validate_logout_token(svc: Services, token: str) -> dict[str, t.Any]:
     return claims
 
 
-def _matching_sessions(svc: Services, sid: str | None, sub: str | None) -> set[str]:
-    """BFF session ids for the IdP session ``sid`` (or, without one, every session of ``sub``)."""
+def _matching_sessions(svc: Services, sid: str | None, sub: str | None) -> list[LiveSession]:
+    """The live BFF sessions of the IdP session ``sid`` (or, without one, every session of ``sub``)."""
     if sid is not None:
-        return svc.store.index_members(idp_sid_index(sid))
+        return svc.sessions.sessions_of_idp_session(sid)
     assert sub is not None
-    return svc.store.index_members(sub_index(sub))
+    return svc.sessions.list_for_user(sub)
 
 
 def end_matching_sessions(svc: Services, sid: str | None, sub: str | None) -> int:
     """End every live session the token names; returns how many were ended."""
     ended = 0
-    for member in _matching_sessions(svc, sid, sub):
-        record = svc.store.load(member)
-        document = load_document(record.fields.get(DOC)) if record is not None else None
-        if document is None:
-            # Expired on its own: only the index entry is left to tidy.
-            if sid is not None:
-                svc.store.index_remove(idp_sid_index(sid), member)
-            if sub is not None:
-                svc.store.index_remove(sub_index(sub), member)
-            continue
-        if sub is not None and document.get("sub") != sub:
+    for session in _matching_sessions(svc, sid, sub):
+        if sub is not None and session.sub != sub:
             # The IdP session belongs to someone else than the token's user: end nothing of theirs.
             log.warning("back-channel logout: sid and sub name different users; session kept")
             continue
-        end_record(svc, member, document, revoke=True)
+        svc.sessions.end(session, EndReason.BACKCHANNEL_LOGOUT)
         ended += 1
     return ended
 
@@ -127,8 +116,7 @@ def backchannel_logout() -> Response:
     svc = services()
     claims = validate_logout_token(svc, request.form.get("logout_token", ""))
     # One use per token: a replay within the acceptance window is refused, not silently accepted.
-    jti_key = "logout-jti:" + hashlib.sha256(f"{claims['iss']}|{claims['jti']}".encode()).hexdigest()
-    if not svc.store.put(jti_key, b"1", MAX_TOKEN_AGE + 2 * _CLOCK_SKEW, only_new=True):
+    if not svc.sessions.claim_once("logout-jti", f"{claims['iss']}|{claims['jti']}", MAX_TOKEN_AGE + 2 * _CLOCK_SKEW):
         raise _invalid("This logout token was already used.")
     ended = end_matching_sessions(svc, claims.get("sid"), claims.get("sub"))
     log.info("back-channel logout ended %d session(s)", ended)

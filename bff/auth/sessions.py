@@ -14,18 +14,14 @@ sessions, so a user cannot end (or probe) anybody else's.
 
 from __future__ import annotations
 
-import typing as t
-
 from flask import Blueprint, Response, jsonify, request
 
-from ..errors import Problem
+from ..errors import Problem, ProblemKind
 from ..security import check_anti_forgery
 from ..services import Services, services
-from ..session import DOC, SEEN
-from .lifecycle import end_record, load_document, sub_index
-from .views import require_session
+from ..session import EndReason, require_session
 
-__all__ = ["blueprint", "session_handle"]
+__all__ = ["blueprint", "describe_device", "session_handle"]
 
 blueprint = Blueprint("sessions", __name__, url_prefix="/bff")
 
@@ -37,39 +33,20 @@ def session_handle(svc: Services, sid: str) -> str:
     return svc.box.mac("session:" + sid)
 
 
-def _user_sessions(svc: Services, sub: str) -> list[tuple[str, dict[str, t.Any], float | None]]:
-    """``(sid, document, last_seen)`` of every live session of ``sub``; tidies stale index entries."""
-    found = []
-    index = sub_index(sub)
-    now = svc.clock.now()
-    for sid in svc.store.index_members(index):
-        record = svc.store.load(sid)
-        document = load_document(record.fields.get(DOC)) if record is not None else None
-        if record is None or document is None or float(document.get("expires_at", 0)) <= now:
-            # The record expired (idle or lifetime) and left its index entry behind.
-            svc.store.index_remove(index, sid)
-            continue
-        if document.get("sub") != sub:
-            continue
-        seen = record.fields.get(SEEN)
-        found.append((sid, document, float(seen) if seen else None))
-    return found
-
-
 @blueprint.get("/sessions")
 def list_sessions() -> Response:
-    session = require_session()
     svc = services()
+    session = require_session(svc.sessions)
     sessions = [
         {
-            "id": session_handle(svc, sid),
-            "current": sid == session.sid,
-            "created_at": document.get("created_at"),
-            "last_seen": last_seen,
-            "device": describe_device(str(document.get("device", ""))),
-            "user_agent": document.get("device", ""),
+            "id": session_handle(svc, other.sid),
+            "current": other.sid == session.sid,
+            "created_at": other.created_at,
+            "last_seen": other.seen,
+            "device": describe_device(str(other.document.get("device", ""))),
+            "user_agent": other.document.get("device", ""),
         }
-        for sid, document, last_seen in _user_sessions(svc, str(session["sub"]))
+        for other in svc.sessions.list_for_user(str(session["sub"]))
     ]
     sessions.sort(key=lambda entry: (not entry["current"], -(entry["created_at"] or 0)))
     response = jsonify({"sessions": sessions})
@@ -81,18 +58,18 @@ def list_sessions() -> Response:
 def end_one_session(handle: str) -> Response:
     svc = services()
     check_anti_forgery(request, svc.settings)
-    session = require_session()
+    session = require_session(svc.sessions)
     if len(handle) <= _MAX_HANDLE:
-        for sid, document, _ in _user_sessions(svc, str(session["sub"])):
-            if svc.box.verify_mac("session:" + sid, handle):
-                end_record(svc, sid, document, revoke=True)
-                if sid == session.sid:
+        for other in svc.sessions.list_for_user(str(session["sub"])):
+            if svc.box.verify_mac("session:" + other.sid, handle):
+                svc.sessions.end(other, EndReason.ENDED_BY_USER)
+                if other.sid == session.sid:
                     # Ending the current session is a logout: the cookie goes too.
-                    session.clear()
+                    session.drop()
                 response = Response(status=204)
                 response.headers["Cache-Control"] = "no-store"
                 return response
-    raise Problem(404, "session-not-found", "Session not found", "No session of yours has this id.")
+    raise Problem(ProblemKind.SESSION_NOT_FOUND, "No session of yours has this id.")
 
 
 _BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"), ("Chrome/", "Chrome"),

@@ -1,50 +1,58 @@
 """Login, callback, user and logout endpoints under ``/bff``.
 
 * ``GET /bff/login`` — a navigation: code + PKCE (S256) + ``state`` + ``nonce``. The login
-  transaction is kept server-side under its ``state`` and bound to this browser by a short-lived
-  ``SameSite=Lax`` cookie, because the ``SameSite=Strict`` session cookie is not sent on the
-  cross-site redirect back from the IdP.
-* ``GET /bff/callback`` — consumes the transaction exactly once, exchanges the code, validates
-  the ID token and starts a session under a new id. Any failure is a 400/502/503 problem and
-  leaves an existing session untouched.
+  transaction (state, nonce, verifier, return URL, the browser's current session) is sealed into a
+  short-lived ``SameSite=Lax`` binding cookie, never into the store: an anonymous request creates no
+  server-side state, and only the browser that started a login can finish it. Several tabs may log in
+  at once (the cookie holds a few transactions).
+* ``GET /bff/callback`` — finds the transaction in this browser's cookie *before* consuming anything
+  (a stranger opening the callback URL burns nothing), consumes it once, exchanges the code, validates
+  the ID token, starts a session under a new id and ends the browser's previous session, even when the
+  ``SameSite=Strict`` session cookie was not sent on the cross-site redirect back.
 * ``GET /bff/user`` — the profile and session lifetime, never a token.
-* ``POST /bff/logout`` — CSRF-protected: revoke, delete, clear the cookie, return the IdP
-  logout URL. ``GET /bff/logout?sid=…`` does the same for a plain link, but only with the
-  session's logout tag, which a cross-site page cannot know.
+* ``POST /bff/logout`` — CSRF-protected: end the session (refresh token revoked), clear the cookie,
+  return the IdP logout URL (``client_id`` and ``logout_hint``: never the ID token).
+  ``GET /bff/logout?sid=…`` does the same for a plain link, but only with the session's logout tag,
+  which a cross-site page cannot know.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import secrets
 
-from flask import Blueprint, Response, jsonify, redirect, request
+from flask import Blueprint, Response, after_this_request, jsonify, redirect, request
 from werkzeug.wrappers import Response as BaseResponse
 
-from ..errors import Problem
+from ..errors import Problem, ProblemKind
 from ..security import check_anti_forgery, safe_return_to
-from ..services import Services, current_session, services
-from ..session import SEEN, BffSession
+from ..services import Services, services
+from ..session import (
+    LOGIN_TRANSACTION_TTL,
+    BffSession,
+    EndReason,
+    LoginTransaction,
+    current_session,
+    require_session,
+)
+from ..store import StoreUnavailable
 from ..tokens.endpoint import TokenFailure
-from .lifecycle import end_session, start_session
 
-__all__ = ["blueprint", "require_session"]
+__all__ = ["blueprint", "logout_tag"]
 
 blueprint = Blueprint("auth", __name__, url_prefix="/bff")
 
-_LOGIN_TTL = 600
 _PROMPTS = {"login", "consent", "select_account", "none"}
 _SAFE_TEXT = re.compile(r"[\x21-\x7e ]{1,512}")
+_STATE = re.compile(r"[A-Za-z0-9_-]{16,128}")
+_SID = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
-def _login_failed(detail: str, status: int = 400) -> Problem:
-    return Problem(status, "login-failed", "Login failed", detail, login_url="/bff/login")
+def _login_failed(detail: str, kind: ProblemKind = ProblemKind.LOGIN_FAILED) -> Problem:
+    return Problem(kind, detail, login_url="/bff/login")
 
 
-def _binding_hash(binding: str) -> str:
-    return hashlib.sha256(binding.encode()).hexdigest()
+def _invalid(detail: str) -> Problem:
+    return Problem(ProblemKind.INVALID_LOGIN_REQUEST, detail)
 
 
 def _login_params(svc: Services) -> dict[str, str]:
@@ -53,34 +61,41 @@ def _login_params(svc: Services) -> dict[str, str]:
     extra: dict[str, str] = {}
     allowed = set(args) - {"returnTo", "acr_values", "max_age", "prompt", "login_hint", "scope"}
     if allowed:
-        raise Problem(400, "invalid-login-request", "Invalid login request",
-                      f"Unsupported login parameter: {sorted(allowed)[0]}.")
+        raise _invalid(f"Unsupported login parameter: {sorted(allowed)[0]}.")
     if "acr_values" in args:
         if not _SAFE_TEXT.fullmatch(args["acr_values"]):
-            raise Problem(400, "invalid-login-request", "Invalid login request", "acr_values is malformed.")
+            raise _invalid("acr_values is malformed.")
         extra["acr_values"] = args["acr_values"]
     if "max_age" in args:
         if not args["max_age"].isdigit() or len(args["max_age"]) > 9:
-            raise Problem(400, "invalid-login-request", "Invalid login request",
-                          "max_age must be a number of seconds.")
+            raise _invalid("max_age must be a number of seconds.")
         extra["max_age"] = args["max_age"]
     if "prompt" in args:
         if args["prompt"] not in _PROMPTS:
-            raise Problem(400, "invalid-login-request", "Invalid login request", "prompt is not supported.")
+            raise _invalid("prompt is not supported.")
         extra["prompt"] = args["prompt"]
     if "login_hint" in args:
         if not _SAFE_TEXT.fullmatch(args["login_hint"]) or len(args["login_hint"]) > 256:
-            raise Problem(400, "invalid-login-request", "Invalid login request", "login_hint is malformed.")
+            raise _invalid("login_hint is malformed.")
         extra["login_hint"] = args["login_hint"]
     if "scope" in args:
         requested = args["scope"].split()
         unknown = [scope for scope in requested if scope not in svc.settings.step_up_scopes]
         if unknown:
-            raise Problem(400, "invalid-login-request", "Invalid login request",
-                          f"Scope {unknown[0]!r} is not in BFF_STEP_UP_SCOPES.")
+            raise _invalid(f"Scope {unknown[0]!r} is not in BFF_STEP_UP_SCOPES.")
         base = svc.settings.scopes.split()
         extra["scope"] = " ".join(base + [scope for scope in requested if scope not in base])
     return extra
+
+
+def _set_login_cookie(svc: Services, response: BaseResponse, value: str | None) -> None:
+    name = svc.settings.login_cookie_name
+    secure = svc.settings.secure_cookies
+    if value is None:
+        response.delete_cookie(name, path="/", secure=secure, httponly=True, samesite="Lax")
+    else:
+        response.set_cookie(name, value, max_age=LOGIN_TRANSACTION_TTL, path="/", secure=secure,
+                            httponly=True, samesite="Lax")
 
 
 @blueprint.get("/login")
@@ -89,32 +104,22 @@ def login() -> BaseResponse:
     svc = services()
     extra = _login_params(svc)
     authorization = svc.provider.authorization_request(extra)
-    binding = request.cookies.get(svc.settings.login_cookie_name) or ""
-    if not re.fullmatch(r"[A-Za-z0-9_-]{32,64}", binding):
-        binding = secrets.token_urlsafe(32)
-    transaction = {
-        "verifier": authorization.code_verifier,
-        "nonce": authorization.nonce,
-        "return_to": return_to,
-        "binding": _binding_hash(binding),
-        "max_age": extra.get("max_age"),
-    }
-    svc.store.put(
-        "login:" + authorization.state,
-        svc.box.seal(json.dumps(transaction).encode()),
-        _LOGIN_TTL,
+    # The browser's current session, ended once the new one starts. The raw cookie, not a loaded
+    # session: the login must not depend on the store, and an id that names nothing ends nothing.
+    current = request.cookies.get(svc.settings.session_cookie_name, "")
+    transaction = LoginTransaction(
+        state=authorization.state,
+        nonce=authorization.nonce,
+        verifier=authorization.code_verifier,
+        return_to=return_to,
+        max_age=extra.get("max_age"),
+        previous_sid=current if _SID.fullmatch(current) else None,
+        created_at=svc.clock.now(),
     )
+    cookie = svc.sessions.seal_login(request.cookies.get(svc.settings.login_cookie_name), transaction)
     response = redirect(authorization.url, code=302)
     response.headers["Cache-Control"] = "no-store"
-    response.set_cookie(
-        svc.settings.login_cookie_name,
-        binding,
-        max_age=_LOGIN_TTL,
-        path="/",
-        secure=svc.settings.secure_cookies,
-        httponly=True,
-        samesite="Lax",
-    )
+    _set_login_cookie(svc, response, cookie)
     return response
 
 
@@ -122,67 +127,66 @@ def login() -> BaseResponse:
 def callback() -> BaseResponse:
     svc = services()
     args = request.args
-    state = args.get("state")
+    state = args.get("state", "")
+    cookie = request.cookies.get(svc.settings.login_cookie_name)
+    if not _STATE.fullmatch(state) or not cookie:
+        raise _login_failed("This login was not started in this browser, or it expired.")
+    transaction, remaining = svc.sessions.take_login(cookie, state)
+    if remaining != cookie:
+
+        @after_this_request
+        def _update_cookie(response: Response) -> Response:
+            _set_login_cookie(svc, response, remaining)
+            return response
+
+    if transaction is None:
+        raise _login_failed("Unknown, expired or already used login state, or a login this browser did not start.")
     if "error" in args:
-        if state:
-            svc.store.take("login:" + state)
         error = str(args.get("error"))[:64]
         description = str(args.get("error_description", ""))[:200]
         raise _login_failed(f"The identity provider answered {error}: {description}".rstrip(": "))
     code = args.get("code")
-    if not state or not code:
-        raise _login_failed("The callback is missing its code or state.")
-    sealed = svc.store.take("login:" + state)
-    opened = svc.box.open(sealed) if sealed else None
-    if opened is None:
-        raise _login_failed("Unknown, expired or already used login state.")
-    transaction = json.loads(opened)
-    binding = request.cookies.get(svc.settings.login_cookie_name, "")
-    if not binding or not secrets.compare_digest(_binding_hash(binding), transaction["binding"]):
-        raise _login_failed("This login was not started in this browser.")
+    if not code:
+        raise _login_failed("The callback is missing its code.")
     result = svc.token_client.exchange_code(
         svc.provider.endpoint("token_endpoint"),
         code=code,
-        code_verifier=transaction["verifier"],
+        code_verifier=transaction.verifier,
         redirect_uri=svc.settings.redirect_uri,
     )
     if isinstance(result, TokenFailure):
         if result.kind == "unavailable":
-            raise Problem(503, "idp-unavailable", "Identity provider unavailable",
-                          "The token endpoint is not answering; try logging in again.", login_url="/bff/login")
+            raise _login_failed("The token endpoint is not answering; try logging in again.",
+                                ProblemKind.IDP_UNAVAILABLE)
         if result.kind == "server_error":
-            raise _login_failed(f"The token endpoint failed ({result.error}).", status=502)
+            raise _login_failed(f"The token endpoint failed ({result.error}).", ProblemKind.IDP_ERROR)
         raise _login_failed(f"The code could not be exchanged ({result.error}).")
     if not result.id_token:
-        raise _login_failed("The token response has no ID token.", status=502)
+        raise _login_failed("The token response has no ID token.", ProblemKind.IDP_ERROR)
     if not result.refresh_token:
         raise _login_failed(
             "The token response has no refresh token: request offline_access and allow the "
             "refresh-token grant for this application.",
-            status=502,
+            ProblemKind.IDP_ERROR,
         )
-    claims = svc.provider.validate_id_token(result.id_token, nonce=transaction["nonce"])
-    max_age = transaction.get("max_age")
-    if max_age is not None:
+    claims = svc.provider.validate_id_token(result.id_token, nonce=transaction.nonce)
+    if transaction.max_age is not None:
         auth_time = claims.get("auth_time")
-        if not isinstance(auth_time, int | float) or svc.clock.now() - auth_time > int(max_age) + 60:
+        if not isinstance(auth_time, int | float) or svc.clock.now() - auth_time > int(transaction.max_age) + 60:
             raise _login_failed("The identity provider did not re-authenticate within max_age.")
-    start_session(svc, current_session(), claims, result, request.headers.get("User-Agent", ""))
-    response = redirect(transaction["return_to"], code=302)
+    session = current_session()
+    previous = transaction.previous_sid or (session.sid if session.authenticated else None)
+    live = svc.sessions.start(
+        claims,
+        result.refresh_token,
+        request.headers.get("User-Agent", ""),
+        access=svc.tokens.login_access(result),
+        previous_sid=previous,
+    )
+    session.adopt(live)
+    response = redirect(transaction.return_to, code=302)
     response.headers["Cache-Control"] = "no-store"
     return response
-
-
-def require_session() -> BffSession:
-    """The logged-in session, or a 401 problem (with a login URL) — never a redirect."""
-    session = current_session()
-    svc = services()
-    if session.unavailable:
-        svc.store.ping()  # raises StoreUnavailable (503) while the outage lasts
-    if not session.authenticated:
-        raise Problem(401, "not-authenticated", "Not logged in", "This request needs a logged-in session.",
-                      login_url="/bff/login")
-    return session
 
 
 def logout_tag(svc: Services, session: BffSession) -> str:
@@ -191,22 +195,21 @@ def logout_tag(svc: Services, session: BffSession) -> str:
 
 @blueprint.get("/user")
 def user() -> Response:
-    session = require_session()
     svc = services()
+    session = require_session(svc.sessions)
+    live = session.live
+    assert live is not None
     now = svc.clock.now()
-    record = session.record
-    idle_left = svc.sessions.idle_left(session)
-    seen = float(record.fields.get(SEEN, b"0")) if record is not None else 0.0
     body = {
-        "claims": session.get("claims", {}),
+        "claims": live.document.get("claims", {}),
         "session": {
-            "created_at": session.get("created_at"),
-            "expires_in": max(0, int(float(session.get("expires_at", now)) - now)),
-            "idle_expires_in": None if idle_left is None else int(idle_left),
-            "last_seen": seen or None,
-            "acr": session.get("acr"),
-            "amr": session.get("amr"),
-            "auth_time": session.get("auth_time"),
+            "created_at": live.created_at,
+            "expires_in": max(0, int(live.expires_at - now)),
+            "idle_expires_in": int(svc.sessions.idle_left(live)),
+            "last_seen": live.seen,
+            "acr": live.document.get("acr"),
+            "amr": live.document.get("amr"),
+            "auth_time": live.document.get("auth_time"),
         },
         "logout_url": "/bff/logout?sid=" + logout_tag(svc, session),
     }
@@ -215,15 +218,25 @@ def user() -> Response:
     return response
 
 
+def _end_current(svc: Services, session: BffSession) -> str | None:
+    """End the current session (if any); returns its IdP session id for the logout hint."""
+    live = session.live
+    if live is None:
+        return None
+    svc.sessions.end(live, EndReason.LOGOUT)
+    session.drop()
+    return live.idp_sid
+
+
 @blueprint.post("/logout")
 def logout() -> Response:
     svc = services()
     check_anti_forgery(request, svc.settings)
     session = current_session()
     if session.unavailable:
-        svc.store.ping()
-    id_token = end_session(svc, session, revoke=True)
-    response = jsonify({"logout_url": svc.provider.logout_url(id_token)})
+        raise StoreUnavailable("the session could not be read")
+    idp_sid = _end_current(svc, session)
+    response = jsonify({"logout_url": svc.provider.logout_url(idp_sid)})
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -232,12 +245,13 @@ def logout() -> Response:
 def logout_link() -> BaseResponse:
     """Plain-link logout; requires the session's logout tag so it cannot be triggered cross-site."""
     svc = services()
-    session = require_session()
+    session = require_session(svc.sessions)
     tag = request.args.get("sid", "")
     if not tag or not svc.box.verify_mac("logout:" + session.sid, tag):
-        raise Problem(403, "csrf", "Anti-forgery check failed",
-                      "A logout link must carry this session's sid parameter.")
-    id_token = end_session(svc, session, revoke=True)
-    response = redirect(svc.provider.logout_url(id_token), code=302)
+        raise Problem(ProblemKind.CSRF, "A logout link must carry this session's sid parameter.")
+    idp_sid = _end_current(svc, session)
+    response = redirect(svc.provider.logout_url(idp_sid), code=302)
     response.headers["Cache-Control"] = "no-store"
     return response
+
+

@@ -136,7 +136,7 @@ def _controls_blueprint(state: EmulatorState) -> Blueprint:
 def create_emulator_app(state: EmulatorState) -> Flask:
     """The emulator's WSGI app, serving ``state``."""
     app = Flask(__name__)
-    app.register_blueprint(idp.create_blueprint(state))
+    idp.register(app, state)
     app.register_blueprint(_controls_blueprint(state))
     myaccount.register(app, state)
     return app

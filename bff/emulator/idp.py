@@ -1,5 +1,14 @@
 """The OpenID Provider routes of the emulator, following Auth0's documented behaviour.
 
+Security first: this is a test double for a local Auth0 (see :mod:`bff.emulator.state`), served on loopback
+only. It still enforces what the BFF must cope with at Auth0: the client and the redirect URI must match
+exactly (an unknown one gets an error page, never a redirect), PKCE S256 is required, an authorization code
+is good for one attempt, client secrets and passwords are compared in constant time, a reused refresh token
+revokes its family, and a logout redirect must stay on the BFF's origin. Token answers are ``no-store``.
+
+:class:`IdentityProvider` serves the routes for one :class:`~bff.emulator.state.EmulatorState`;
+:func:`register` mounts them on the emulator's app. The routes:
+
 - ``/.well-known/openid-configuration``, ``/.well-known/jwks.json``, ``/userinfo``.
 - ``/authorize`` (code flow, PKCE S256 required) with a login form at ``/u/login`` and a TOTP step at
   ``/u/mfa``; an SSO session cookie lets later requests skip the form (``prompt``, ``max_age``).
@@ -30,7 +39,7 @@ from datetime import UTC, datetime
 from urllib.parse import unquote_plus, urlencode, urlsplit, urlunsplit
 
 import pyotp
-from flask import Blueprint, Response, jsonify, render_template, request
+from flask import Blueprint, Flask, Response, jsonify, render_template, request
 from markupsafe import escape
 
 from bff.emulator.state import (
@@ -298,15 +307,43 @@ def _verify_totp(user: User, code: str, now: float) -> bool:
     )
 
 
-def create_blueprint(state: EmulatorState) -> Blueprint:
-    """The IdP routes, bound to ``state``."""
-    bp = Blueprint("emulator_idp", __name__)
+def register(app: Flask, state: EmulatorState) -> None:
+    """Serve the IdP routes for ``state`` from the emulator's ``app``."""
+    app.register_blueprint(IdentityProvider(state).blueprint())
+
+
+class IdentityProvider:
+    """The OpenID Provider of the emulator: its routes, bound to one :class:`~bff.emulator.state.EmulatorState`.
+
+    The views are bound methods registered by :meth:`blueprint`; the other methods are the steps they share
+    (login transactions, authorization codes, client authentication, the two grants). All mutable data lives
+    in ``state`` and is read and written under ``state.lock``; this object holds nothing else.
+    """
+
+    def __init__(self, state: EmulatorState) -> None:
+        self.state = state
+
+    def blueprint(self) -> Blueprint:
+        """The routes, in a blueprint named ``emulator_idp`` (the login templates' ``url_for`` names it)."""
+        bp = Blueprint("emulator_idp", __name__)
+        bp.add_url_rule(
+            "/.well-known/openid-configuration", "openid_configuration", self.openid_configuration, methods=["GET"]
+        )
+        bp.add_url_rule("/.well-known/jwks.json", "jwks", self.jwks, methods=["GET"])
+        bp.add_url_rule("/avatars/<user_id>.svg", "avatar", self.avatar, methods=["GET"])
+        bp.add_url_rule("/authorize", "authorize", self.authorize, methods=["GET"])
+        bp.add_url_rule("/u/login", "login", self.login, methods=["POST"])
+        bp.add_url_rule("/u/mfa", "mfa", self.mfa, methods=["POST"])
+        bp.add_url_rule("/oauth/token", "token", self.token, methods=["POST"])
+        bp.add_url_rule("/oauth/revoke", "revoke", self.revoke, methods=["POST"])
+        bp.add_url_rule("/userinfo", "userinfo", self.userinfo, methods=["GET", "POST"])
+        bp.add_url_rule("/oidc/logout", "logout", self.logout, methods=["GET", "POST"])
+        return bp
 
     # -- discovery ---------------------------------------------------------------------------------------
 
-    @bp.get("/.well-known/openid-configuration")
-    def openid_configuration() -> Response:
-        issuer = state.issuer
+    def openid_configuration(self) -> Response:
+        issuer = self.state.issuer
         return jsonify(
             issuer=issuer,
             authorization_endpoint=issuer + "authorize",
@@ -346,14 +383,12 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
             backchannel_logout_session_supported=True,
         )
 
-    @bp.get("/.well-known/jwks.json")
-    def jwks() -> Response:
-        return jsonify(state.jwks())
+    def jwks(self) -> Response:
+        return jsonify(self.state.jwks())
 
-    @bp.get("/avatars/<user_id>.svg")
-    def avatar(user_id: str) -> Response:
-        with state.lock:
-            user = state.users.get(f"auth0|{user_id}")
+    def avatar(self, user_id: str) -> Response:
+        with self.state.lock:
+            user = self.state.users.get(f"auth0|{user_id}")
         if user is None:
             return Response(status=404)
         svg = (
@@ -365,13 +400,13 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
 
     # -- authorization and login -------------------------------------------------------------------------
 
-    def issue_code(request_: AuthorizeRequest, session: SsoSession) -> Response:
-        now = state.clock.now()
+    def issue_code(self, request_: AuthorizeRequest, session: SsoSession) -> Response:
+        now = self.state.clock.now()
         code = secrets.token_urlsafe(32)
-        with state.lock:
-            for stale in [c for c, v in state.codes.items() if v.expires_at <= now]:
-                del state.codes[stale]
-            state.codes[code] = AuthorizationCode(
+        with self.state.lock:
+            for stale in [c for c, v in self.state.codes.items() if v.expires_at <= now]:
+                del self.state.codes[stale]
+            self.state.codes[code] = AuthorizationCode(
                 request=request_,
                 sub=session.sub,
                 sid=session.sid,
@@ -381,9 +416,9 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
             )
         return _redirect(request_.redirect_uri, code=code, state=request_.state)
 
-    def deny(tx: LoginTransaction) -> Response:
-        with state.lock:
-            state.login_transactions.pop(tx.id, None)
+    def deny(self, tx: LoginTransaction) -> Response:
+        with self.state.lock:
+            self.state.login_transactions.pop(tx.id, None)
         return _redirect(
             tx.request.redirect_uri,
             error="access_denied",
@@ -392,57 +427,56 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
         )
 
     def login_form(
-        tx: LoginTransaction, *, email: str = "", error: str | None = None, status: int = 200
+        self, tx: LoginTransaction, *, email: str = "", error: str | None = None, status: int = 200
     ) -> Response:
         html = render_template(
             "login.html", tx=tx.id, email=email or tx.request.login_hint or "", error=error
         )
         return Response(html, status=status)
 
-    def mfa_form(tx: LoginTransaction, *, error: str | None = None, status: int = 200) -> Response:
-        with state.lock:
-            user = state.users[t.cast(str, tx.sub)]
+    def mfa_form(self, tx: LoginTransaction, *, error: str | None = None, status: int = 200) -> Response:
+        with self.state.lock:
+            user = self.state.users[t.cast(str, tx.sub)]
         return Response(render_template("mfa.html", tx=tx.id, email=user.email, error=error), status=status)
 
-    def transaction(tx_id: str) -> LoginTransaction | None:
-        with state.lock:
-            tx = state.login_transactions.get(tx_id)
-            if tx is not None and tx.expires_at <= state.clock.now():
-                del state.login_transactions[tx_id]
+    def transaction(self, tx_id: str) -> LoginTransaction | None:
+        with self.state.lock:
+            tx = self.state.login_transactions.get(tx_id)
+            if tx is not None and tx.expires_at <= self.state.clock.now():
+                del self.state.login_transactions[tx_id]
                 return None
             return tx
 
-    def finish_login(tx: LoginTransaction, user: User, *, mfa_at: float | None) -> Response:
+    def finish_login(self, tx: LoginTransaction, user: User, *, mfa_at: float | None) -> Response:
         """Record the interactive login on this browser's SSO session, then issue the code."""
-        now = state.clock.now()
-        current = state.sso_session_by_cookie(request.cookies.get(SSO_COOKIE))
+        now = self.state.clock.now()
+        current = self.state.sso_session_by_cookie(request.cookies.get(SSO_COOKIE))
         if current is not None and current.sub != user.sub:
             # Another user was logged in on this browser: that session ends, as at Auth0.
-            state.end_sso_session(current.sid)
+            self.state.end_sso_session(current.sid)
             current = None
-        with state.lock:
-            state.login_transactions.pop(tx.id, None)
+        with self.state.lock:
+            self.state.login_transactions.pop(tx.id, None)
             if current is not None:
                 current.auth_time = now
                 current.mfa_at = mfa_at or current.mfa_at
-        session = current or state.create_sso_session(user.sub, auth_time=now, mfa_at=mfa_at)
-        response = issue_code(tx.request, session)
+        session = current or self.state.create_sso_session(user.sub, auth_time=now, mfa_at=mfa_at)
+        response = self.issue_code(tx.request, session)
         response.set_cookie(SSO_COOKIE, session.cookie, httponly=True, samesite="Lax", path="/")
         return response
 
-    @bp.get("/authorize")
-    def authorize() -> Response:
+    def authorize(self) -> Response:
         args = request.args
-        if args.get("client_id") != state.client_id:
+        if args.get("client_id") != self.state.client_id:
             return _page("Unknown client", f"Unknown client: {args.get('client_id')}", 400)
-        if args.get("redirect_uri") != state.config.redirect_uri:
+        if args.get("redirect_uri") != self.state.config.redirect_uri:
             return _page(
                 "Callback URL mismatch",
                 f"{args.get('redirect_uri')} is not in the list of Allowed Callback URLs.",
                 400,
             )
         try:
-            request_ = _parse_authorize(state, args)
+            request_ = _parse_authorize(self.state, args)
         except OAuthError as exc:
             return _redirect(
                 args["redirect_uri"],
@@ -451,11 +485,11 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
                 state=args.get("state"),
             )
 
-        now = state.clock.now()
-        settings = state.settings
-        session = state.sso_session_by_cookie(request.cookies.get(SSO_COOKIE))
-        with state.lock:
-            user = state.users.get(session.sub) if session else None
+        now = self.state.clock.now()
+        settings = self.state.settings
+        session = self.state.sso_session_by_cookie(request.cookies.get(SSO_COOKIE))
+        with self.state.lock:
+            user = self.state.users.get(session.sub) if session else None
         # What the SSO session cannot provide, with the error prompt=none answers instead of asking.
         need: tuple[str, str] | None = None
         if (
@@ -475,7 +509,7 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
             need = ("mfa", "interaction_required")
 
         if need is None:
-            return issue_code(request_, t.cast(SsoSession, session))
+            return self.issue_code(request_, t.cast(SsoSession, session))
         step, silent_error = need
         if "none" in request_.prompt:
             return _redirect(
@@ -489,69 +523,67 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
         )
         if step == "mfa":
             tx.sub = t.cast(User, user).sub
-        with state.lock:
-            for stale in [k for k, v in state.login_transactions.items() if v.expires_at <= now]:
-                del state.login_transactions[stale]
-            state.login_transactions[tx.id] = tx
-        return mfa_form(tx) if step == "mfa" else login_form(tx)
+        with self.state.lock:
+            for stale in [k for k, v in self.state.login_transactions.items() if v.expires_at <= now]:
+                del self.state.login_transactions[stale]
+            self.state.login_transactions[tx.id] = tx
+        return self.mfa_form(tx) if step == "mfa" else self.login_form(tx)
 
-    @bp.post("/u/login")
-    def login() -> Response:
-        tx = transaction(request.form.get("tx", ""))
+    def login(self) -> Response:
+        tx = self.transaction(request.form.get("tx", ""))
         if tx is None:
             return _page(*_LOGIN_EXPIRED, 400)
         if request.form.get("action") == "deny":
-            return deny(tx)
+            return self.deny(tx)
         email = request.form.get("email", "")
-        user = state.user_by_email(email)
+        user = self.state.user_by_email(email)
         password = request.form.get("password", "")
         if user is None or not hmac.compare_digest(password.encode(), user.password.encode()):
-            return login_form(tx, email=email, error="Wrong email or password.", status=400)
-        if _mfa_pending(state.settings, tx.request, user, None, state.clock.now()):
-            with state.lock:
+            return self.login_form(tx, email=email, error="Wrong email or password.", status=400)
+        if _mfa_pending(self.state.settings, tx.request, user, None, self.state.clock.now()):
+            with self.state.lock:
                 tx.sub = user.sub
-            return mfa_form(tx)
-        return finish_login(tx, user, mfa_at=None)
+            return self.mfa_form(tx)
+        return self.finish_login(tx, user, mfa_at=None)
 
-    @bp.post("/u/mfa")
-    def mfa() -> Response:
-        tx = transaction(request.form.get("tx", ""))
+    def mfa(self) -> Response:
+        tx = self.transaction(request.form.get("tx", ""))
         if tx is None or tx.sub is None:
             return _page(*_LOGIN_EXPIRED, 400)
         if request.form.get("action") == "deny":
-            return deny(tx)
-        with state.lock:
-            user = state.users[tx.sub]
-        now = state.clock.now()
+            return self.deny(tx)
+        with self.state.lock:
+            user = self.state.users[tx.sub]
+        now = self.state.clock.now()
         if not _verify_totp(user, request.form.get("otp", ""), now):
-            return mfa_form(tx, error="Wrong or expired code.", status=400)
-        return finish_login(tx, user, mfa_at=now)
+            return self.mfa_form(tx, error="Wrong or expired code.", status=400)
+        return self.finish_login(tx, user, mfa_at=now)
 
     # -- token endpoint ----------------------------------------------------------------------------------
 
-    def token_params() -> dict[str, str]:
+    def token_params(self) -> dict[str, str]:
         """Form or JSON body (Auth0 takes both); reading it here also drains the socket before any latency."""
         if request.is_json:
             body = request.get_json(silent=True)
             return {k: v for k, v in body.items() if isinstance(v, str)} if isinstance(body, dict) else {}
         return request.form.to_dict()
 
-    def client_authenticated(params: dict[str, str]) -> bool:
+    def client_authenticated(self, params: dict[str, str]) -> bool:
         """client_secret_basic (form-urlencoded id and secret, RFC 6749 2.3.1) or client_secret_post."""
         auth = request.authorization
         if auth is not None and auth.type == "basic":
             client_id, secret = unquote_plus(auth.username or ""), unquote_plus(auth.password or "")
         else:
             client_id, secret = params.get("client_id", ""), params.get("client_secret", "")
-        return hmac.compare_digest(client_id.encode(), state.client_id.encode()) and hmac.compare_digest(
-            secret.encode(), state.client_secret.encode()
+        return hmac.compare_digest(client_id.encode(), self.state.client_id.encode()) and hmac.compare_digest(
+            secret.encode(), self.state.client_secret.encode()
         )
 
-    def exchange_code(params: dict[str, str], settings: TokenSettings) -> _Grant:
-        now = state.clock.now()
-        with state.lock:
+    def exchange_code(self, params: dict[str, str], settings: TokenSettings) -> _Grant:
+        now = self.state.clock.now()
+        with self.state.lock:
             # Popped before any check: a code is good for one attempt only.
-            code = state.codes.pop(params.get("code", ""), None)
+            code = self.state.codes.pop(params.get("code", ""), None)
             if code is None or code.expires_at <= now:
                 raise OAuthError("invalid_grant", "Invalid authorization code")
             if params.get("redirect_uri") != code.request.redirect_uri:
@@ -559,13 +591,13 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
             verifier = params.get("code_verifier", "")
             if not verifier or not hmac.compare_digest(pkce_s256(verifier), code.request.code_challenge):
                 raise OAuthError("invalid_grant", "Failed to verify code verifier")
-            user = state.users.get(code.sub)
+            user = self.state.users.get(code.sub)
             if user is None:
                 raise OAuthError("invalid_grant", "The user no longer exists")
-            audience = code.request.audience or state.userinfo_audience
+            audience = code.request.audience or self.state.userinfo_audience
             scope = code.request.scope
             _check_default_policy(
-                state,
+                self.state,
                 settings,
                 user,
                 audience=audience,
@@ -587,12 +619,12 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
                     created_at=now,
                     last_used_at=now,
                 )
-                state.families[family.id] = family
-                refresh_token = state.new_refresh_token(family)
+                self.state.families[family.id] = family
+                refresh_token = self.state.new_refresh_token(family)
             id_claims = None
             if "openid" in scope:
                 id_claims = _id_token_claims(
-                    state,
+                    self.state,
                     settings,
                     user,
                     scope=scope,
@@ -604,7 +636,7 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
         return _Grant(user.sub, audience, scope, id_claims, refresh_token)
 
     def refresh_target(
-        params: dict[str, str], settings: TokenSettings, family: RefreshFamily
+        self, params: dict[str, str], settings: TokenSettings, family: RefreshFamily
     ) -> tuple[str, tuple[str, ...]]:
         """Audience and scope of a refresh, by the MRRT rules.
 
@@ -624,12 +656,12 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
         requested = params.get("scope", "").split()
         return audience, _ordered(s for s in requested if s in allowed) if requested else allowed
 
-    def exchange_refresh_token(params: dict[str, str], settings: TokenSettings) -> _Grant:
-        now = state.clock.now()
+    def exchange_refresh_token(self, params: dict[str, str], settings: TokenSettings) -> _Grant:
+        now = self.state.clock.now()
         token = params.get("refresh_token", "")
         invalid = OAuthError("invalid_grant", "Unknown or invalid refresh token.")
-        with state.lock:
-            record = state.refresh_tokens.get(token)
+        with self.state.lock:
+            record = self.state.refresh_tokens.get(token)
             if record is None or record.family.revoked:
                 raise invalid
             family = record.family
@@ -650,12 +682,12 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
                     family.revoked = True
                     family.reuse_detected = True
                     raise invalid
-            user = state.users.get(family.sub)
+            user = self.state.users.get(family.sub)
             if user is None:
                 raise invalid
-            audience, scope = refresh_target(params, settings, family)
+            audience, scope = self.refresh_target(params, settings, family)
             _check_default_policy(
-                state,
+                self.state,
                 settings,
                 user,
                 audience=audience,
@@ -670,12 +702,12 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
                 if record.rotated_at is None:
                     record.rotated_at = now
                 family.previous = token
-                new_token = state.new_refresh_token(family)
+                new_token = self.state.new_refresh_token(family)
             id_claims = None
             if "openid" in scope:
                 # No amr on refreshed ID tokens (configure-step-up-authentication-for-web-apps.md).
                 id_claims = _id_token_claims(
-                    state,
+                    self.state,
                     settings,
                     user,
                     scope=scope,
@@ -686,28 +718,27 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
                 )
         return _Grant(user.sub, audience, scope, id_claims, new_token)
 
-    @bp.post("/oauth/token")
-    def token() -> Response:
-        params = token_params()
-        delay = state.next_token_latency()
+    def token(self) -> Response:
+        params = self.token_params()
+        delay = self.state.next_token_latency()
         if delay:
             time.sleep(delay)
             if client_disconnected(request.environ):
-                state.record_dropped_token_call()
+                self.state.record_dropped_token_call()
                 # Nobody is listening; 499 is nginx's "client closed request" and only shows in logs.
                 return Response(status=499)
         grant_type = params.get("grant_type", "")
-        fault = state.begin_token_call(grant_type, params.get("refresh_token"))
+        fault = self.state.begin_token_call(grant_type, params.get("refresh_token"))
         if fault is not None:
             return _oauth_error(fault.status, fault.error, fault.description)
-        if not client_authenticated(params):
+        if not self.client_authenticated(params):
             return _oauth_error(401, "invalid_client", "Client authentication failed")
-        settings = state.settings
+        settings = self.state.settings
         try:
             if grant_type == "authorization_code":
-                grant = exchange_code(params, settings)
+                grant = self.exchange_code(params, settings)
             elif grant_type == "refresh_token":
-                grant = exchange_refresh_token(params, settings)
+                grant = self.exchange_refresh_token(params, settings)
             else:
                 raise OAuthError("unsupported_grant_type", f"Unsupported grant type: {grant_type}")
         except OAuthError as exc:
@@ -715,7 +746,7 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
 
         scope = " ".join(grant.scope)
         body: dict[str, t.Any] = {
-            "access_token": state.mint_access_token(
+            "access_token": self.state.mint_access_token(
                 sub=grant.sub, audience=grant.audience, scope=scope, lifetime=settings.access_token_lifetime
             ),
             "token_type": "Bearer",
@@ -723,7 +754,7 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
             "scope": scope,
         }
         if grant.id_token_claims is not None:
-            body["id_token"] = state.sign(grant.id_token_claims)
+            body["id_token"] = self.state.sign(grant.id_token_claims)
         if grant.refresh_token is not None:
             body["refresh_token"] = grant.refresh_token
         response = jsonify(body)
@@ -731,16 +762,15 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
         response.headers["Pragma"] = "no-cache"
         return response
 
-    @bp.post("/oauth/revoke")
-    def revoke() -> Response:
-        params = token_params()
-        if not client_authenticated(params):
+    def revoke(self) -> Response:
+        params = self.token_params()
+        if not self.client_authenticated(params):
             return _oauth_error(401, "invalid_client", "Client authentication failed")
         token = params.get("token")
         if not token:
             return _oauth_error(400, "invalid_request", "Missing required parameter: token")
-        with state.lock:
-            record = state.refresh_tokens.get(token)
+        with self.state.lock:
+            record = self.state.refresh_tokens.get(token)
             if record is not None:
                 record.family.revoked = True
         # 200 with an empty body, also for a token we do not know (revoke-refresh-token.md, RFC 7009).
@@ -748,8 +778,7 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
 
     # -- userinfo ----------------------------------------------------------------------------------------
 
-    @bp.route("/userinfo", methods=["GET", "POST"])
-    def userinfo() -> Response:
+    def userinfo(self) -> Response:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         unauthorized = Response(
             "Unauthorized", status=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
@@ -757,50 +786,47 @@ def create_blueprint(state: EmulatorState) -> Blueprint:
         if scheme.lower() != "bearer" or not token.strip():
             return unauthorized
         try:
-            claims = state.verify_access_token(token.strip())
+            claims = self.state.verify_access_token(token.strip())
         except InvalidAccessToken:
             return unauthorized
         aud = claims.get("aud")
         audiences = aud if isinstance(aud, list) else [aud]
-        with state.lock:
-            user = state.users.get(str(claims.get("sub")))
-        if state.userinfo_audience not in audiences or user is None:
+        with self.state.lock:
+            user = self.state.users.get(str(claims.get("sub")))
+        if self.state.userinfo_audience not in audiences or user is None:
             return unauthorized
-        return jsonify(sub=user.sub, **_profile_claims(state, user, str(claims.get("scope", "")).split()))
+        return jsonify(sub=user.sub, **_profile_claims(self.state, user, str(claims.get("scope", "")).split()))
 
     # -- logout ------------------------------------------------------------------------------------------
 
-    @bp.route("/oidc/logout", methods=["GET", "POST"])
-    def logout() -> Response:
+    def logout(self) -> Response:
         params = request.values
         client_id = params.get("client_id")
-        if client_id is not None and client_id != state.client_id:
+        if client_id is not None and client_id != self.state.client_id:
             return _page("Logout failed", "Unknown client_id.", 400)
         hint_sid: str | None = None
         if params.get("id_token_hint"):
             try:
-                hint = state.verify_signature(params["id_token_hint"])
+                hint = self.state.verify_signature(params["id_token_hint"])
             except InvalidAccessToken:
                 return _page("Logout failed", "Invalid id_token_hint.", 400)
-            if hint.get("aud") != state.client_id:
+            if hint.get("aud") != self.state.client_id:
                 return _page("Logout failed", "The id_token_hint was issued to another client.", 400)
             hint_sid = hint.get("sid")
         logout_hint = params.get("logout_hint")
         if logout_hint and hint_sid and logout_hint != hint_sid:
             return _page("Logout failed", "logout_hint does not match the sid of id_token_hint.", 400)
         redirect_to = params.get("post_logout_redirect_uri")
-        if redirect_to and not _same_origin(redirect_to, state.bff_base_url):
+        if redirect_to and not _same_origin(redirect_to, self.state.bff_base_url):
             return _page("Logout failed", f"{redirect_to} is not in the list of Allowed Logout URLs.", 400)
 
-        browser_session = state.sso_session_by_cookie(request.cookies.get(SSO_COOKIE))
+        browser_session = self.state.sso_session_by_cookie(request.cookies.get(SSO_COOKIE))
         sids = {sid for sid in (hint_sid or logout_hint, browser_session and browser_session.sid) if sid}
         for sid in sids:
-            state.end_sso_session(sid)
+            self.state.end_sso_session(sid)
         if redirect_to:
             response = _redirect(redirect_to, state=params.get("state"))
         else:
             response = _page("Logged out", "You are logged out.", 200)
         response.delete_cookie(SSO_COOKIE, path="/")
         return response
-
-    return bp

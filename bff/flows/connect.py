@@ -7,10 +7,10 @@ the flow itself and the proxy never exposes those two routes:
 1. ``POST /bff/connect`` ``{connection, scopes?, returnTo?, authorization_params?}`` with
    ``X-CSRF: 1``: validates everything, obtains a ``create:me:connected_accounts`` token for the
    session, generates ``state`` and a PKCE pair, calls ``POST /connected-accounts/connect`` with
-   the BFF's callback as ``redirect_uri``, and keeps ``{auth_session, code_verifier,
-   redirect_uri, returnTo, connection}`` sealed in the store under ``connect:<state>`` for the
-   flow's ``expires_in``. Answers ``{"redirect_url": connect_uri?ticket=…}`` for the SPA to
-   navigate to.
+   the BFF's callback as ``redirect_uri``, and has the session core keep ``{auth_session,
+   code_verifier, redirect_uri, returnTo, connection}`` sealed for the flow's ``expires_in`` (at
+   most :data:`~bff.session.MAX_CONNECT_FLOWS` flows in progress per session: a 429 beyond).
+   Answers ``{"redirect_url": connect_uri?ticket=…}`` for the SPA to navigate to.
 2. ``GET /bff/connect/callback?connect_code=…&state=…``: consumes the transaction exactly once,
    calls ``POST /connected-accounts/complete`` and redirects (302) to ``returnTo`` with
    ``connected=<connection>`` or ``error=<code>`` added to its query.
@@ -53,15 +53,15 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from flask import Blueprint, Response, jsonify, redirect, request
 from werkzeug.wrappers import Response as BaseResponse
 
-from ..auth.lifecycle import load_session
-from ..auth.views import require_session
-from ..errors import Problem
-from ..proxy.forward import UpstreamFailure, UpstreamResponse
+from ..bodies import parse_json, read_body
+from ..errors import Problem, ProblemKind
+from ..myaccount import CallFailure, call_problem
+from ..proxy.forward import UpstreamResponse
 from ..security import check_anti_forgery, safe_return_to
-from ..services import Services, current_session, services
-from ..session import BffSession
+from ..services import Services, services
+from ..session import LiveSession, current_session, require_session
 from ..settings import Settings
-from ..tokens.manager import TokenError
+from ..tokens.manager import RefusalReason, TokenRefusal
 
 __all__ = ["AUTHORIZATION_PARAMS", "CONNECT_SCOPE", "blueprint", "connect_cookie_name"]
 
@@ -70,7 +70,6 @@ blueprint = Blueprint("connect", __name__, url_prefix="/bff")
 CONNECT_SCOPE = "create:me:connected_accounts"
 _CONNECT_PATH = "/connected-accounts/connect"
 _COMPLETE_PATH = "/connected-accounts/complete"
-_KEY_PREFIX = "connect:"
 #: Upper bound on how long a transaction is kept, whatever ``expires_in`` the API names.
 _MAX_FLOW_TTL = 3600
 
@@ -139,7 +138,7 @@ class ConnectRequest:
 
 
 def _bad(detail: str) -> Problem:
-    return Problem(400, "invalid-connect-request", "Invalid connect request", detail)
+    return Problem(ProblemKind.INVALID_CONNECT_REQUEST, detail)
 
 
 def parse_connect_request(body: object) -> ConnectRequest:
@@ -178,57 +177,32 @@ def parse_connect_request(body: object) -> ConnectRequest:
 # Upstream ----------------------------------------------------------------------------------------
 
 
-def _upstream_problem(svc: Services, upstream: UpstreamResponse, return_to: str) -> Problem:
+def _upstream_problem(upstream: UpstreamResponse) -> Problem:
     _, detail = upstream.error()
     status = upstream.status
-    if upstream.insufficient_scope:
-        # The token lacks what the operation needs: a new login with more assurance may grant it.
-        return Problem(
-            401, "step-up-required", "Step-up authentication required",
-            f"The My Account API refused the token's scope ({detail or 'insufficient_scope'}).",
-            login_url=svc.tokens.login_url(return_to, step_up=True),
-        )
     if status == 409:
-        return Problem(409, "already-connected", "Already connected",
-                       detail or "This connect request has already been completed.")
+        return Problem(ProblemKind.ALREADY_CONNECTED, detail or "This connect request has already been completed.")
     if status == 429:
         retry = dict((name.lower(), value) for name, value in upstream.headers).get("retry-after", "1")
-        return Problem(429, "rate-limited", "Too many requests",
-                       "The My Account API is rate limiting; retry.", headers={"Retry-After": retry})
+        return Problem(ProblemKind.RATE_LIMITED, "The My Account API is rate limiting; retry.",
+                       headers={"Retry-After": retry})
     if 400 <= status < 500:
-        return Problem(400, "connect-rejected", "Connection rejected",
-                       detail or f"The My Account API refused the request ({status}).")
-    return Problem(502, "upstream-error", "My Account API error",
-                   f"The My Account API failed ({status}); try again.")
+        return Problem(ProblemKind.CONNECT_REJECTED, detail or f"The My Account API refused the request ({status}).")
+    return Problem(ProblemKind.UPSTREAM_ERROR, f"The My Account API failed ({status}); try again.")
 
 
 def _call(
-    svc: Services, session: BffSession, path: str, payload: dict[str, t.Any], return_to: str
-) -> UpstreamResponse | Problem:
-    """POST ``payload`` to the API with the session's connect token; a Problem for any failure.
-
-    A 401 from the API is retried once with a freshly minted token (it may have been revoked),
-    as the proxy does.
-    """
+    svc: Services, session: LiveSession, path: str, payload: dict[str, t.Any]
+) -> UpstreamResponse | CallFailure:
+    """POST ``payload`` to the API with the session's connect token, through the one My Account client."""
     body = json.dumps(payload).encode()
     headers = {"content-type": "application/json", "accept": "application/json"}
-    for force_refresh in (False, True):
-        token = svc.tokens.access_token(
-            session, CONNECT_SCOPE, return_to=return_to, force_refresh=force_refresh
-        )
-        if isinstance(token, TokenError):
-            if token.ends_session and current_session().sid == session.sid:
-                current_session().clear()
-            return token.problem()
-        upstream = svc.forwarder.send("POST", path, "", headers, body, token.token)
-        if isinstance(upstream, UpstreamFailure):
-            return Problem(upstream.status, upstream.kind, "My Account API unavailable", upstream.detail)
-        if upstream.status != 401:
-            return upstream
-    return Problem(
-        401, "login-required", "Login required", "The My Account API rejected the session's tokens.",
-        login_url=svc.tokens.login_url(return_to),
-    )
+    result = svc.myaccount.call(session, CONNECT_SCOPE, "POST", path, "", headers, body)
+    if isinstance(result, TokenRefusal) and result.reason is RefusalReason.SESSION_ENDED:
+        current = current_session()
+        if current.sid == session.sid:
+            current.drop()
+    return result
 
 
 def _same_origin(url: str, *bases: str) -> bool:
@@ -246,10 +220,11 @@ def start() -> Response:
     svc = services()
     check_anti_forgery(request, svc.settings)
     if not request.is_json:
-        raise Problem(415, "unsupported-media-type", "Unsupported media type",
-                      "Send the body as application/json.")
-    wanted = parse_connect_request(request.get_json(silent=True))
-    session = require_session()
+        raise Problem(ProblemKind.UNSUPPORTED_MEDIA_TYPE, "Send the body as application/json.")
+    session = require_session(svc.sessions)
+    live = session.live
+    assert live is not None
+    wanted = parse_connect_request(parse_json(read_body(request, svc.settings.max_body_bytes)))
 
     state = secrets.token_urlsafe(32)
     verifier = secrets.token_urlsafe(48)
@@ -264,30 +239,29 @@ def start() -> Response:
         payload["scopes"] = wanted.scopes
     if wanted.authorization_params:
         payload["authorization_params"] = wanted.authorization_params
-    result = _call(svc, session, _CONNECT_PATH, payload, wanted.return_to)
-    if isinstance(result, Problem):
-        raise result
+    result = _call(svc, live, _CONNECT_PATH, payload)
+    if not isinstance(result, UpstreamResponse):
+        raise call_problem(result, wanted.return_to)
     if result.status != 201:
-        raise _upstream_problem(svc, result, wanted.return_to)
-    started = _parse_started(svc, result)
-    connect_uri, auth_session, ticket, expires_in = started
+        raise _upstream_problem(result)
+    connect_uri, auth_session, ticket, expires_in = _parse_started(svc, result)
     ttl = max(1, min(expires_in, _MAX_FLOW_TTL))
 
     cookie_name = connect_cookie_name(svc.settings)
     binding = request.cookies.get(cookie_name, "")
     if not _BINDING.fullmatch(binding):
         binding = secrets.token_urlsafe(32)
-    transaction = {
-        "sid": session.sid,
-        "sub": session["sub"],
-        "binding": _binding_hash(binding),
+    flow = {
         "auth_session": auth_session,
         "code_verifier": verifier,
         "redirect_uri": svc.settings.connect_redirect_uri,
         "return_to": wanted.return_to,
         "connection": wanted.connection,
     }
-    svc.store.put(_KEY_PREFIX + state, svc.box.seal(json.dumps(transaction).encode()), ttl)
+    if not svc.sessions.put_connect(live, state, _binding_hash(binding), flow, ttl):
+        raise Problem(ProblemKind.TOO_MANY_CONNECT_FLOWS,
+                      "This session has too many connect flows in progress; finish one or wait.",
+                      headers={"Retry-After": "60"})
 
     separator = "&" if urlsplit(connect_uri).query else "?"
     response = jsonify({"redirect_url": f"{connect_uri}{separator}{urlencode({'ticket': ticket})}"})
@@ -313,16 +287,15 @@ def _parse_started(svc: Services, upstream: UpstreamResponse) -> tuple[str, str,
         or not isinstance(expires_in, int)
         or isinstance(expires_in, bool)
     ):
-        raise Problem(502, "upstream-error", "My Account API error", "The connect response is malformed.")
+        raise Problem(ProblemKind.UPSTREAM_ERROR, "The connect response is malformed.")
     # The browser is sent there next: only ever to the identity provider itself.
     if not _same_origin(connect_uri, svc.settings.issuer_url, svc.settings.my_account_url):
-        raise Problem(502, "upstream-error", "My Account API error",
-                      "The connect URI is not on the identity provider's domain.")
+        raise Problem(ProblemKind.UPSTREAM_ERROR, "The connect URI is not on the identity provider's domain.")
     return connect_uri, auth_session, ticket, expires_in
 
 
 def _failed(detail: str) -> Problem:
-    return Problem(400, "connect-failed", "Connecting the account failed", detail)
+    return Problem(ProblemKind.CONNECT_FAILED, detail)
 
 
 def _back(return_to: str, **params: str) -> BaseResponse:
@@ -337,10 +310,10 @@ def _back(return_to: str, **params: str) -> BaseResponse:
 def _callback_error(problem: Problem) -> str:
     """The ``error`` code an SPA gets for a failed completion."""
     codes = {
-        "step-up-required": "step_up_required",
-        "login-required": "login_required",
-        "not-authenticated": "login_required",
-        "already-connected": "already_connected",
+        ProblemKind.STEP_UP_REQUIRED: "step_up_required",
+        ProblemKind.LOGIN_REQUIRED: "login_required",
+        ProblemKind.NOT_AUTHENTICATED: "login_required",
+        ProblemKind.ALREADY_CONNECTED: "already_connected",
     }
     if problem.kind in codes:
         return codes[problem.kind]
@@ -352,45 +325,42 @@ def callback() -> BaseResponse:
     svc = services()
     args = request.args
     state = args.get("state", "")
-    key = _KEY_PREFIX + state
-    sealed = svc.store.get(key) if _STATE.fullmatch(state) else None
-    opened = svc.box.open(sealed) if sealed else None
-    if opened is None:
+    transaction = svc.sessions.peek_connect(state) if _STATE.fullmatch(state) else None
+    if transaction is None:
         raise _failed("Unknown, expired or already used connect state.")
-    transaction: dict[str, t.Any] = json.loads(opened)
     # Checked before the transaction is consumed, so a foreign browser cannot burn the owner's flow.
     binding = request.cookies.get(connect_cookie_name(svc.settings), "")
-    if not binding or not secrets.compare_digest(_binding_hash(binding), transaction["binding"]):
+    if not binding or not secrets.compare_digest(_binding_hash(binding), transaction.binding):
         raise _failed("This connection was not started in this browser.")
     current = current_session()
-    if current.authenticated and current.sid != transaction["sid"]:
+    if current.authenticated and current.sid != transaction.sid:
         raise _failed("This connection was started by another session.")
     connect_code = args.get("connect_code", "")
     if "error" not in args and not _CONNECT_CODE.fullmatch(connect_code):
         raise _failed("The callback carries neither a well-formed connect_code nor an error.")
-    if svc.store.take(key) is None:
+    if not svc.sessions.take_connect(state):
         raise _failed("Unknown, expired or already used connect state.")
-    return_to = str(transaction["return_to"])
+    flow = transaction.payload
+    return_to = str(flow["return_to"])
 
     if "error" in args:
         error = args["error"]
         return _back(return_to, error=error if _ERROR_CODE.fullmatch(error) else "connect_failed")
-    session = current if current.authenticated else load_session(svc, str(transaction["sid"]))
-    if session is None or session.get("sub") != transaction["sub"]:
+    live = current.live if current.live is not None else svc.sessions.load_live(transaction.sid)
+    if live is None or live.sub != transaction.sub:
         return _back(return_to, error="login_required")
     result = _call(
         svc,
-        session,
+        live,
         _COMPLETE_PATH,
         {
-            "auth_session": transaction["auth_session"],
+            "auth_session": flow["auth_session"],
             "connect_code": connect_code,
-            "redirect_uri": transaction["redirect_uri"],
-            "code_verifier": transaction["code_verifier"],
+            "redirect_uri": flow["redirect_uri"],
+            "code_verifier": flow["code_verifier"],
         },
-        return_to,
     )
     if isinstance(result, UpstreamResponse) and result.status in (200, 201):
-        return _back(return_to, connected=str(transaction["connection"]))
-    problem = result if isinstance(result, Problem) else _upstream_problem(svc, result, return_to)
+        return _back(return_to, connected=str(flow["connection"]))
+    problem = _upstream_problem(result) if isinstance(result, UpstreamResponse) else call_problem(result, return_to)
     return _back(return_to, error=_callback_error(problem))

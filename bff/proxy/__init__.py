@@ -1,5 +1,6 @@
 """The My Account API proxy: an allowlist of upstream routes and the forwarding of browser calls to them.
 
-Security: the browser can reach only the routes `bff.proxy.routes` exposes, with paths and queries that
-module has validated; nothing else is ever forwarded with the user's access token.
+Security: the browser can reach only the spec routes (`bff.proxy.spec`) that `BFF_PROXY_ROUTES` enables
+(`bff.proxy.config`), with paths and queries `bff.proxy.matching` has validated; nothing else is ever
+forwarded with the user's access token.
 """

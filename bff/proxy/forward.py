@@ -5,7 +5,9 @@ negotiation, conditional requests, a request id); ``Cookie``, ``Authorization``,
 and hop-by-hop headers never leave the BFF because they are not on the list. The bearer token
 is added here and nowhere else. On the way back only an allowlist of response headers is
 passed: upstream ``Set-Cookie`` and hop-by-hop headers are dropped, ``Location`` pointing into
-the My Account API is rewritten to the BFF's ``/me/v1/...`` path.
+the My Account API is rewritten to the BFF's ``/me/v1/...`` path, and ``Cache-Control`` is always
+``no-store`` whatever the upstream says: a response made with a user's token must never be kept by a
+shared cache.
 
 urllib3 is used directly on this hot path: requests' high-level API costs measurably more per
 call for features (cookies, redirects, hooks) a proxy must not use anyway.
@@ -52,7 +54,6 @@ RESPONSE_HEADERS = frozenset(
         "x-ratelimit-reset",
         "x-auth0-error-kind",
         "x-request-id",
-        "cache-control",
     }
 )
 
@@ -146,6 +147,7 @@ class Forwarder:
                     passed.append(("Location", rewritten))
             elif lower in RESPONSE_HEADERS:
                 passed.append((name, value))
+        passed.append(("Cache-Control", "no-store"))
         return UpstreamResponse(response.status, passed, response.data)
 
     def _rewrite_location(self, value: str) -> str | None:

@@ -7,13 +7,19 @@ for a single host (several processes on that host share it).
 
 from __future__ import annotations
 
-from .base import Record, SessionStore
+import time
+import typing as t
 
-__all__ = ["Record", "SessionStore", "open_store"]
+from .base import Record, SessionStore, StoreUnavailable
+
+__all__ = ["Record", "SessionStore", "StoreUnavailable", "open_store"]
 
 
-def open_store(url: str, *, prefix: str = "bff:") -> SessionStore:
-    """Open the store a ``BFF_SESSION_STORE`` URL names (connections are made lazily)."""
+def open_store(url: str, *, prefix: str = "bff:", clock: t.Callable[[], float] = time.time) -> SessionStore:
+    """Open the store a ``BFF_SESSION_STORE`` URL names (connections are made lazily).
+
+    ``clock`` is the time an embedded store expires entries by (Redis keeps its own time).
+    """
     if url.startswith(("redis://", "rediss://", "redis+sentinel://")):
         from .redis_store import RedisStore
 
@@ -21,5 +27,5 @@ def open_store(url: str, *, prefix: str = "bff:") -> SessionStore:
     if url.startswith("sqlite://"):
         from .sqlite_store import SqliteStore
 
-        return SqliteStore.from_url(url)
+        return SqliteStore.from_url(url, clock=clock)
     raise ValueError(f"unsupported session store URL scheme: {url.split(':', 1)[0]!r}")

@@ -12,7 +12,7 @@ guards), leased locks, and small indexes (user and IdP session id to BFF session
 back-channel logout without scanning keys).
 
 Every method is one round trip to the backend. Every backend failure surfaces as
-:class:`bff.errors.StoreUnavailable` (a 503 that keeps the session), never as "no session".
+:class:`StoreUnavailable` (the web layer answers 503 and keeps the session), never as "no session".
 """
 
 from __future__ import annotations
@@ -21,7 +21,14 @@ import typing as t
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-__all__ = ["Record", "SessionStore"]
+__all__ = ["Record", "SessionStore", "StoreUnavailable"]
+
+
+class StoreUnavailable(Exception):
+    """The backend is unreachable, read-only (a replica after a failover), loading or timing out.
+
+    Never "no such session": callers must keep the session and let the user retry.
+    """
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,7 @@ class SessionStore(ABC):
 
     @abstractmethod
     def ping(self) -> None:
-        """Raise :class:`bff.errors.StoreUnavailable` unless the backend answers and accepts writes."""
+        """Raise :class:`StoreUnavailable` unless the backend answers and accepts writes; leaves no key behind."""
 
     @abstractmethod
     def close(self) -> None:

@@ -6,7 +6,7 @@ scripts, so "only if the session exists" and "only if I still hold the lock" are
 write they guard.
 
 Every Redis error (connection refused, timeout, READONLY after a failover, LOADING) becomes
-:class:`~bff.errors.StoreUnavailable`: the caller answers 503 and keeps the session.
+:class:`~bff.store.StoreUnavailable`: the caller answers 503 and keeps the session.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from ..errors import StoreUnavailable
-from .base import Record, SessionStore
+from .base import Record, SessionStore, StoreUnavailable
 
 __all__ = ["RedisStore"]
 
@@ -212,8 +211,12 @@ class RedisStore(SessionStore):
 
     @_guard
     def ping(self) -> None:
-        # A replica answers PING but refuses writes (READONLY after a failover): test a write.
-        self._redis.set(self._k("ping"), b"1", px=5000)
+        # A replica answers PING but refuses writes (READONLY after a failover): test a write, and
+        # take it back in the same transaction so that probing leaves no key behind.
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(self._k("ping"), b"1", px=5000)
+        pipe.delete(self._k("ping"))
+        pipe.execute()
 
     def close(self) -> None:
         self._redis.close()

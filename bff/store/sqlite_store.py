@@ -15,8 +15,7 @@ import threading
 import time
 import typing as t
 
-from ..errors import StoreUnavailable
-from .base import Record, SessionStore
+from .base import Record, SessionStore, StoreUnavailable
 
 __all__ = ["SqliteStore"]
 
@@ -64,11 +63,11 @@ class SqliteStore(SessionStore):
         self._db().executescript(_SCHEMA)
 
     @classmethod
-    def from_url(cls, url: str) -> SqliteStore:
+    def from_url(cls, url: str, *, clock: t.Callable[[], float] = time.time) -> SqliteStore:
         path = url.removeprefix("sqlite://")
         if not path.startswith("/") or path == "/":
             raise ValueError("sqlite:// URL needs an absolute path: sqlite:///var/lib/bff/sessions.db")
-        return cls(path)
+        return cls(path, clock=clock)
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)

@@ -17,32 +17,43 @@ How a token is obtained for a route's scope:
 
 Scope sets: all ``read:me:*`` scopes share one token; every other (sensitive) scope gets a set
 of its own, so a scope that needs recent MFA cannot make the reads fail with it.
+
+The manager takes a session (id and record) and answers with an :class:`AccessToken` or a
+:class:`TokenRefusal` carrying a :class:`RefusalReason`; it knows nothing of HTTP. The web layer
+maps refusals to problems in one place (:mod:`bff.myaccount`). The record's fields, the lock and the
+fenced write belong to the session core (:class:`~bff.session.SessionCore`); time and sleeping go
+through the injected clock.
 """
 
 from __future__ import annotations
 
 import base64
+import enum
 import json
 import logging
 import secrets
-import time
 import typing as t
 from dataclasses import dataclass
-from urllib.parse import urlencode
 
 from ..clock import Clock
-from ..errors import Problem
 from ..security import SecretBox
-from ..session import ACCESS_PREFIX, REFRESH, BffSession
+from ..session import EndReason, LiveSession, SessionCore
 from ..settings import Settings
-from ..store import Record, SessionStore
 from .endpoint import TokenClient, TokenFailure, TokenSet
 
-__all__ = ["MFA_ACR", "AccessToken", "ScopePlan", "TokenError", "TokenManager"]
+__all__ = [
+    "LOGIN_SET",
+    "AccessToken",
+    "RefusalReason",
+    "ScopePlan",
+    "TokenManager",
+    "TokenRefusal",
+    "encode_access",
+    "jwt_audiences",
+]
 
 log = logging.getLogger(__name__)
 
-MFA_ACR = "http://schemas.openid.net/pape/policies/2007/06/multi-factor"
 LOGIN_SET = "login"
 _OPENED_CACHE_SIZE = 4096
 _READ_SET = "read"
@@ -57,23 +68,26 @@ class AccessToken:
     scope: frozenset[str]
 
 
+class RefusalReason(enum.Enum):
+    """Why no token could be had."""
+
+    SESSION_ENDED = "session-ended"  # the refresh token is dead or the session is gone: log in again
+    STEP_UP_REQUIRED = "step-up-required"  # the IdP wants a new login with more assurance
+    IDP_UNAVAILABLE = "idp-unavailable"  # transport error, timeout, 429, 503: the session is kept
+    IDP_ERROR = "idp-error"  # the token endpoint failed (5xx): the session is kept
+    IDP_REJECTED = "idp-rejected"  # misconfiguration (invalid_client, invalid_scope, ...)
+    AUDIENCE_MISMATCH = "audience-mismatch"  # the MRRT policy does not cover the My Account API
+    SCOPE_MISMATCH = "scope-mismatch"  # the grant lacks the route's scope
+    BUSY = "busy"  # another holder is still refreshing: retry
+
+
 @dataclass(frozen=True)
-class TokenError:
-    """Why no token could be had; ``ends_session`` tells the caller to drop the session."""
+class TokenRefusal:
+    """No token: the reason, a detail for the operator and user, and a retry hint."""
 
-    status: int
-    kind: str
-    title: str
+    reason: RefusalReason
     detail: str
-    ends_session: bool = False
-    login_url: str | None = None
     retry_after: str | None = None
-
-    def problem(self) -> Problem:
-        headers = {"Retry-After": self.retry_after} if self.retry_after else None
-        return Problem(
-            self.status, self.kind, self.title, self.detail, headers=headers, login_url=self.login_url
-        )
 
 
 class ScopePlan:
@@ -90,8 +104,8 @@ class ScopePlan:
         return scope, scope
 
 
-def _busy(detail: str) -> TokenError:
-    return TokenError(503, "token-busy", "Token refresh in progress", detail, retry_after="1")
+def _busy(detail: str) -> TokenRefusal:
+    return TokenRefusal(RefusalReason.BUSY, detail, retry_after="1")
 
 
 def encode_access(box: SecretBox, token: TokenSet, issued_at: float) -> bytes:
@@ -129,7 +143,7 @@ class TokenManager:
     def __init__(
         self,
         settings: Settings,
-        store: SessionStore,
+        sessions: SessionCore,
         client: TokenClient,
         box: SecretBox,
         clock: Clock,
@@ -137,7 +151,7 @@ class TokenManager:
         token_endpoint: t.Callable[[], str],
     ) -> None:
         self._settings = settings
-        self._store = store
+        self._sessions = sessions
         self._client = client
         self._box = box
         self._clock = clock
@@ -173,10 +187,10 @@ class TokenManager:
             self._opened[sealed] = opened
         return AccessToken(opened, expires_at, scopes)
 
-    def _cached(self, fields: t.Mapping[str, bytes], set_key: str, scope: str) -> AccessToken | None:
+    def _cached(self, session: LiveSession, set_key: str, scope: str) -> AccessToken | None:
         now = self._clock.now()
-        for name in (ACCESS_PREFIX + set_key, ACCESS_PREFIX + LOGIN_SET):
-            found = self._usable(fields.get(name), scope, now)
+        for key in (set_key, LOGIN_SET):
+            found = self._usable(session.access(key), scope, now)
             if found is not None:
                 return found
         return None
@@ -184,162 +198,139 @@ class TokenManager:
     # Public API ------------------------------------------------------------------------------
 
     def access_token(
-        self, session: BffSession, scope: str, *, return_to: str = "/", force_refresh: bool = False
-    ) -> AccessToken | TokenError:
-        """A token whose scope covers ``scope``; a refresh only when the cache cannot serve."""
+        self, session: LiveSession, scope: str, *, refused: AccessToken | None = None
+    ) -> AccessToken | TokenRefusal:
+        """A token whose scope covers ``scope``; a refresh only when the cache cannot serve.
+
+        ``refused``: the API refused this token; mint a new one unless another request already
+        replaced it.
+        """
         set_key, request_scope = self._plan.set_for(scope)
-        record = session.record
-        if record is not None and not force_refresh:
-            cached = self._cached(record.fields, set_key, scope)
+        if refused is None:
+            cached = self._cached(session, set_key, scope)
             if cached is not None:
                 return cached
-        stale = None
-        if force_refresh and record is not None:
-            stale = record.fields.get(ACCESS_PREFIX + set_key)
-        return self._refresh(session, set_key, scope, request_scope, return_to, stale)
+        return self._refresh(session, set_key, scope, request_scope, refused)
 
-    def login_url(self, return_to: str, *, step_up: bool = False) -> str:
-        params = {"returnTo": return_to}
-        if step_up:
-            params["acr_values"] = MFA_ACR
-        return "/bff/login?" + urlencode(params)
+    def login_access(self, tokens: TokenSet) -> dict[str, bytes]:
+        """The login's own access token, kept when it already is a My Account token (no extra exchange)."""
+        audiences = jwt_audiences(tokens.access_token) or []
+        if self._settings.login_audience_is_my_account and self._settings.my_account_audience in audiences:
+            return {LOGIN_SET: encode_access(self._box, tokens, self._clock.now())}
+        return {}
 
     # Refresh ---------------------------------------------------------------------------------
 
     def _refresh(
         self,
-        session: BffSession,
+        session: LiveSession,
         set_key: str,
         scope: str,
         request_scope: str,
-        return_to: str,
-        stale: bytes | None,
-    ) -> AccessToken | TokenError:
+        refused: AccessToken | None,
+    ) -> AccessToken | TokenRefusal:
         sid = session.sid
-        lock = f"refresh:{sid}"
         owner = secrets.token_urlsafe(16)
         lease = self._settings.refresh_lock_lease
+        clock = self._clock
         # A waiter outlasts a dead holder's lease plus one exchange; then it gives up with 503.
-        deadline = time.monotonic() + lease + self._settings.token_timeout + 2.0
+        deadline = clock.monotonic() + lease + self._settings.token_timeout + 2.0
         pause = 0.005
-        while not self._store.acquire(lock, owner, lease):
-            time.sleep(pause)
+        while not self._sessions.acquire_refresh_lock(sid, owner, lease):
+            clock.sleep(pause)
             pause = min(pause * 2, 0.05)
-            settled = self._reload(sid, set_key, scope, stale, return_to)
-            if not isinstance(settled, Record):
+            settled = self._reload(session, set_key, scope, refused)
+            if not isinstance(settled, LiveSession):
                 return settled
-            if time.monotonic() > deadline:
+            if clock.monotonic() > deadline:
                 return _busy("Another request is still refreshing this session's token; try again.")
         try:
             # Reload after acquiring: the refresh token may have rotated while we waited.
-            record = self._reload(sid, set_key, scope, stale, return_to)
-            if not isinstance(record, Record):
-                return record
-            sealed_refresh = record.fields.get(REFRESH)
-            refresh_token = self._box.open(sealed_refresh) if sealed_refresh else None
+            current = self._reload(session, set_key, scope, refused)
+            if not isinstance(current, LiveSession):
+                return current
+            refresh_token = self._sessions.open_refresh_token(current)
             if refresh_token is None:
-                self._end_session(session)
-                return self._login_required(return_to, "This session has no usable refresh token.")
+                self._sessions.end(current, EndReason.INVALID_GRANT)
+                return TokenRefusal(RefusalReason.SESSION_ENDED, "This session has no usable refresh token.")
             # Confirm the lease right before spending the refresh token: a holder that was paused
             # past its lease must not redeem a token someone else may be redeeming now.
-            if not self._store.extend(lock, owner, lease):
+            if not self._sessions.extend_refresh_lock(sid, owner, lease):
                 return _busy("Lost the refresh lock; retry.")
-            issued_at = self._clock.now()
+            issued_at = clock.now()
             result = self._client.refresh(
                 self._token_endpoint(),
-                refresh_token.decode(),
+                refresh_token,
                 audience=self._settings.my_account_audience,
                 scope=request_scope,
             )
             if isinstance(result, TokenFailure):
-                return self._failed(session, result, return_to)
-            fields: dict[str, bytes] = {}
-            if result.refresh_token and result.refresh_token != refresh_token.decode():
-                fields[REFRESH] = self._box.seal(result.refresh_token.encode())
+                return self._failed(current, result)
+            rotated = result.refresh_token if result.refresh_token and result.refresh_token != refresh_token else None
             mismatch = self._mismatch(result, scope)
-            if mismatch is None:
-                fields[ACCESS_PREFIX + set_key] = encode_access(self._box, result, issued_at)
+            access = {} if mismatch is not None else {set_key: encode_access(self._box, result, issued_at)}
             # The rotated refresh token is saved even when the access token is unusable.
-            if fields and not self._store.update_fenced(sid, fields, lock, owner):
+            if not self._sessions.save_tokens(sid, owner, refresh_token=rotated, access=access):
                 log.error("refresh result could not be saved: the lock was lost or the session ended")
                 return _busy("The session changed during the refresh; try again.")
             if mismatch is not None:
                 return mismatch
             return AccessToken(result.access_token, result.expires_at, frozenset(result.scope.split()))
         finally:
-            self._store.release(lock, owner)
+            self._sessions.release_refresh_lock(sid, owner)
 
     def _reload(
-        self, sid: str, set_key: str, scope: str, stale: bytes | None, return_to: str
-    ) -> Record | AccessToken | TokenError:
-        """The record as stored now, or the outcome it already settles (session ended, or refreshed)."""
-        record = self._store.load(sid)
-        if record is None:
-            return self._session_gone(return_to)
-        found = self._fresh_result(record.fields, set_key, scope, stale)
-        return record if found is None else found
+        self, session: LiveSession, set_key: str, scope: str, refused: AccessToken | None
+    ) -> LiveSession | AccessToken | TokenRefusal:
+        """The session as stored now, or the outcome it already settles (session ended, or refreshed)."""
+        current = self._sessions.reload(session.sid)
+        if current is None:
+            return TokenRefusal(RefusalReason.SESSION_ENDED, "The session ended.")
+        found = self._cached(current, set_key, scope)
+        if found is None or (refused is not None and found.token == refused.token):
+            return current  # nothing usable cached, or only the token the upstream rejected
+        return found
 
-    def _fresh_result(
-        self, fields: t.Mapping[str, bytes], set_key: str, scope: str, stale: bytes | None
-    ) -> AccessToken | None:
-        if stale is not None and fields.get(ACCESS_PREFIX + set_key) == stale:
-            return None  # the token the upstream rejected is still the one cached
-        return self._cached(fields, set_key, scope)
-
-    def _mismatch(self, result: TokenSet, scope: str) -> TokenError | None:
+    def _mismatch(self, result: TokenSet, scope: str) -> TokenRefusal | None:
         audiences = jwt_audiences(result.access_token)
         expected = self._settings.my_account_audience
         if audiences is None or expected not in audiences:
-            return TokenError(
-                502, "token-audience-mismatch", "Wrong token audience",
+            return TokenRefusal(
+                RefusalReason.AUDIENCE_MISMATCH,
                 f"The IdP returned a token for {audiences or 'an opaque audience'} instead of {expected}. "
                 "The application's Multi-Resource Refresh Token policy (refresh_token.policies) "
                 "probably does not include this audience and scope, or the My Account API is not "
                 "enabled for the application.",
             )
         if scope not in result.scope.split():
-            return TokenError(
-                502, "token-scope-mismatch", "Missing token scope",
+            return TokenRefusal(
+                RefusalReason.SCOPE_MISMATCH,
                 f"The IdP granted {result.scope!r} without {scope!r}. Check the application's client "
                 "grant and MRRT policy scopes for the My Account API, and the user's permissions.",
             )
         return None
 
-    def _failed(self, session: BffSession, failure: TokenFailure, return_to: str) -> TokenError:
+    def _failed(self, session: LiveSession, failure: TokenFailure) -> TokenRefusal:
         if failure.kind == "invalid_grant":
-            self._end_session(session)
-            return self._login_required(return_to, "The session's refresh token is no longer valid.")
+            self._sessions.end(session, EndReason.INVALID_GRANT)
+            return TokenRefusal(RefusalReason.SESSION_ENDED, "The session's refresh token is no longer valid.")
         if failure.kind == "step_up":
-            return TokenError(
-                401, "step-up-required", "Step-up authentication required",
+            return TokenRefusal(
+                RefusalReason.STEP_UP_REQUIRED,
                 f"The identity provider requires a new login with more assurance ({failure.error}).",
-                login_url=self.login_url(return_to, step_up=True),
             )
         if failure.kind == "unavailable":
-            return TokenError(
-                503, "idp-unavailable", "Identity provider unavailable",
+            return TokenRefusal(
+                RefusalReason.IDP_UNAVAILABLE,
                 f"The token endpoint is not answering ({failure.error}); the session is kept.",
                 retry_after=failure.retry_after or "1",
             )
         if failure.kind == "server_error":
-            return TokenError(
-                502, "idp-error", "Identity provider error",
-                f"The token endpoint failed ({failure.error}); the session is kept.",
+            return TokenRefusal(
+                RefusalReason.IDP_ERROR, f"The token endpoint failed ({failure.error}); the session is kept."
             )
-        return TokenError(
-            502, "idp-rejected", "Token request rejected",
+        return TokenRefusal(
+            RefusalReason.IDP_REJECTED,
             f"The token endpoint refused the exchange ({failure.error}: {failure.description}). "
             "This usually means the application is misconfigured at the IdP.",
         )
-
-    def _session_gone(self, return_to: str) -> TokenError:
-        return self._login_required(return_to, "The session ended.")
-
-    def _login_required(self, return_to: str, detail: str) -> TokenError:
-        return TokenError(
-            401, "login-required", "Login required", detail,
-            ends_session=True, login_url=self.login_url(return_to),
-        )
-
-    def _end_session(self, session: BffSession) -> None:
-        self._store.delete(session.sid)

@@ -26,7 +26,7 @@ class ThreadedServer:
 
     def serve(self, app: t.Callable[..., t.Any]) -> None:
         self.server.app = app
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
