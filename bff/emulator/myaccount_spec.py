@@ -21,6 +21,20 @@ from pathlib import Path
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
+__all__ = [
+    "ERROR_TYPES",
+    "INSUFFICIENT_SCOPE_CODE",
+    "INVALID_TOKEN_CODE",
+    "SPEC_PATH",
+    "ApiError",
+    "ApiSpec",
+    "bad_request",
+    "error_body",
+    "error_type_uri",
+    "issue",
+    "validate",
+]
+
 SPEC_PATH = Path(__file__).resolve().parent.parent / "proxy" / "myaccount-api-oas.json"
 
 #: The ``type`` URIs of errors, keyed by status. Codes seen from the live API where known

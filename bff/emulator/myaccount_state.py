@@ -38,6 +38,32 @@ from webauthn.helpers.structs import (
 from .myaccount_spec import ApiError, ApiSpec, bad_request, issue, validate
 from .state import EmulatorState, User
 
+__all__ = [
+    "DEFAULT_CONNECTIONS",
+    "DEFAULT_FACTORS",
+    "MFA_TYPES",
+    "PASSWORD_POLICY",
+    "PLACEHOLDER_IDS",
+    "PRIMARY_TYPES",
+    "RP_NAME",
+    "TOTP_ISSUER",
+    "UNLIMITED_REPORTED_LIMIT",
+    "AuthenticationMethod",
+    "ConnectRequest",
+    "ConnectTicketError",
+    "ConnectedAccount",
+    "Connection",
+    "Enrollment",
+    "Fault",
+    "MyAccountState",
+    "RateLimitStatus",
+    "decode_cursor",
+    "encode_cursor",
+    "iso8601",
+    "paginate",
+    "password_policy_problems",
+]
+
 #: Types whose method objects carry ``confirmed`` (``AuthenticationMethodMfaBase`` in the spec).
 MFA_TYPES = frozenset(
     {"recovery-code", "push-notification", "totp", "webauthn-platform", "webauthn-roaming", "phone", "email"}

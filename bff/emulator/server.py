@@ -16,6 +16,11 @@ from werkzeug.serving import make_server
 from bff.emulator.app import create_emulator_app
 from bff.emulator.state import Clock, EmulatorConfig, EmulatorState
 
+__all__ = [
+    "EmulatorServer",
+    "run",
+]
+
 
 class EmulatorServer:
     """The emulator in a background thread, on a free port unless ``port`` is given.

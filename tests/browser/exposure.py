@@ -21,9 +21,8 @@ import typing as t
 from playwright.sync_api import BrowserContext, Error, Page, Request
 
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
-#: Names under which an OAuth token travels; none may reach the browser (``id_token_hint`` is
-#: the logout parameter, judged by the JWT rule instead).
-TOKEN_NAMES = re.compile(r"access_token|refresh_token|id_token(?!_hint)")
+#: Names under which an OAuth token travels; none may reach the browser.
+TOKEN_NAMES = re.compile(r"access_token|refresh_token|id_token")
 
 
 @dataclasses.dataclass(frozen=True)
