@@ -64,7 +64,18 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _emulator(args: argparse.Namespace) -> None:
-    from .emulator.server import run
+    """Run the local Auth0 emulator.
+
+    Its packages are the ``emulator`` extra, which a production install does not carry; without them the
+    command says in one line how to get them (exit 2) instead of ending in a traceback.
+    """
+    try:
+        from .emulator.server import run
+    except ModuleNotFoundError as error:
+        # Only the extra's own packages: any other missing module is a real fault and keeps its traceback.
+        if (error.name or "").partition(".")[0] not in {"webauthn", "pyotp", "cbor2"}:
+            raise
+        _fail("the emulator needs its extra: pip install 'bff[emulator]'")
 
     try:
         run(args.host, args.port)
@@ -73,6 +84,14 @@ def _emulator(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    """Run the emulator, the BFF and the demo SPA; like ``emulator``, one line when the extra is missing."""
+    try:
+        # Imported here rather than first inside run_demo, so a missing extra fails before anything starts.
+        from . import emulator  # noqa: F401
+    except ModuleNotFoundError as error:
+        if (error.name or "").partition(".")[0] not in {"webauthn", "pyotp", "cbor2"}:
+            raise
+        _fail("the emulator needs its extra: pip install 'bff[emulator]'")
     from .demo import run_demo
 
     run_demo(host=args.host, port=args.port, emulator_port=args.emulator_port)

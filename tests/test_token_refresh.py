@@ -135,6 +135,7 @@ def test_a_dead_lock_holder_does_not_block_the_others(two_bffs: TwoBffs) -> None
     assert login(http, two_bffs.a.url).status_code == 302
     sid = session_id(http)
     cookies = {"bff-session": sid}
+    idp.reset_counters()  # the token requests counted from here are this test's
     idp.token_latency(5, count=1)  # the first exchange hangs at the IdP
     hung = threading.Thread(
         target=lambda: _swallow(lambda: requests.get(
@@ -147,7 +148,7 @@ def test_a_dead_lock_holder_does_not_block_the_others(two_bffs: TwoBffs) -> None
     while not client.exists(f"bff:l:refresh:{sid}") and time.monotonic() < deadline:
         time.sleep(0.01)
     assert client.exists(f"bff:l:refresh:{sid}"), "process A never took the refresh lock"
-    time.sleep(0.3)  # A's token request is now on its way to the IdP
+    idp.wait_for_token_requests(received=1)  # A's token request has reached the IdP and hangs there
     two_bffs.a.kill()  # ... and A dies holding the lock
 
     started = time.monotonic()
@@ -252,7 +253,7 @@ def test_a_slow_request_never_writes_back_the_refresh_token_it_loaded(make_stack
         upstream.reply_next(Reply(delay=1.5))
         slow = concurrent.futures.ThreadPoolExecutor(1).submit(
             lambda: http.get(stack.bff_url + "/me/v1/factors", timeout=30))
-        time.sleep(0.3)  # the slow request has loaded the session (with the old refresh token)
+        upstream.wait_for_delayed_reply()  # the slow request has loaded the session (with the old refresh token)
         rotated = http.post(stack.bff_url + "/me/v1/authentication-methods", json={"type": "totp"})
         assert rotated.status_code == 200  # a new scope set: the refresh token rotated meanwhile
         assert stored_refresh_token(box, stack.store, sid) != loaded
@@ -328,7 +329,7 @@ def test_token_endpoint_timeout_is_a_503_and_keeps_the_session(make_stack: Stack
     stack.idp.token_latency(2, count=1)
     assert_problem(http.get(stack.bff_url + READ), 503, "idp-unavailable")
     assert http.get(stack.bff_url + "/bff/user").status_code == 200
-    time.sleep(2)  # let the dropped request finish at the emulator
+    stack.idp.wait_for_token_requests(dropped=1)  # the dropped request is over at the emulator
     assert http.get(stack.bff_url + READ).status_code == 200
 
 

@@ -29,6 +29,10 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from bff.emulator import idp, myaccount
 from bff.emulator.state import EmulatorState
 
+__all__ = [
+    "create_emulator_app",
+]
+
 
 def _body() -> dict[str, t.Any]:
     body = request.get_json(silent=True)

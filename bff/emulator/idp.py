@@ -60,6 +60,15 @@ from bff.emulator.state import (
     User,
 )
 
+__all__ = [
+    "SSO_COOKIE",
+    "IdentityProvider",
+    "OAuthError",
+    "client_disconnected",
+    "pkce_s256",
+    "register",
+]
+
 SSO_COOKIE = "auth0"
 """Auth0's own session cookie name."""
 
@@ -719,14 +728,29 @@ class IdentityProvider:
         return _Grant(user.sub, audience, scope, id_claims, new_token)
 
     def token(self) -> Response:
+        """``/oauth/token``: injected latency (and the drop of a request whose client hung up), then the grant.
+
+        The state hears when the request has arrived and when it is over, so tests can wait for either
+        moment (:meth:`~bff.emulator.state.EmulatorState.wait_for_token_requests`).
+        """
         params = self.token_params()
-        delay = self.state.next_token_latency()
-        if delay:
-            time.sleep(delay)
-            if client_disconnected(request.environ):
-                self.state.record_dropped_token_call()
-                # Nobody is listening; 499 is nginx's "client closed request" and only shows in logs.
-                return Response(status=499)
+        self.state.token_request_received()
+        dropped = False
+        try:
+            delay = self.state.next_token_latency()
+            if delay:
+                time.sleep(delay)
+                if client_disconnected(request.environ):
+                    dropped = True
+                    # Nobody is listening; 499 is nginx's "client closed request" and only shows in logs.
+                    return Response(status=499)
+            return self.answer_token(params)
+        finally:
+            # However the request ends, also by an unexpected error: a test waiting for it never hangs.
+            self.state.token_request_done(dropped=dropped)
+
+    def answer_token(self, params: dict[str, str]) -> Response:
+        """The token endpoint's answer once the request is processed: injected fault, client check, grant."""
         grant_type = params.get("grant_type", "")
         fault = self.state.begin_token_call(grant_type, params.get("refresh_token"))
         if fault is not None:

@@ -32,6 +32,34 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
+__all__ = [
+    "AUTHORIZATION_CODE_LIFETIME",
+    "BACKCHANNEL_LOGOUT_EVENT",
+    "BACKCHANNEL_TIMEOUT",
+    "DEFAULT_POLICY_WINDOW",
+    "LOGIN_TRANSACTION_LIFETIME",
+    "LOGOUT_TOKEN_LIFETIME",
+    "MFA_ACR",
+    "MY_ACCOUNT_SCOPES",
+    "OIDC_SCOPES",
+    "AuthorizationCode",
+    "AuthorizeRequest",
+    "BackchannelDelivery",
+    "Clock",
+    "EmulatorConfig",
+    "EmulatorState",
+    "InvalidAccessToken",
+    "LoginTransaction",
+    "RefreshFamily",
+    "RefreshTokenPolicy",
+    "RefreshTokenRecord",
+    "SsoSession",
+    "TokenFault",
+    "TokenRequests",
+    "TokenSettings",
+    "User",
+]
+
 MFA_ACR = "http://schemas.openid.net/pape/policies/2007/06/multi-factor"
 """``acr_values`` / ``acr`` for multi-factor login (configure-step-up-authentication-for-web-apps.md)."""
 
@@ -317,6 +345,20 @@ class TokenFault:
 
 
 @dataclass(frozen=True)
+class TokenRequests:
+    """How far the token-endpoint requests since the last :meth:`EmulatorState.reset_counters` have got.
+
+    ``received``: arrived in full at ``/oauth/token``, counted before any injected latency; ``done``: answered
+    (whatever the answer) or dropped; ``dropped``: given up by their client during the latency and never
+    processed. Counts only: nothing of a request (no token, no secret) is kept.
+    """
+
+    received: int
+    done: int
+    dropped: int
+
+
+@dataclass(frozen=True)
 class BackchannelDelivery:
     """The outcome of one back-channel logout POST: the HTTP status, or the transport error."""
 
@@ -371,6 +413,10 @@ class EmulatorState:
         self._token_calls = 0
         self._token_calls_by_grant: dict[str, int] = {}
         self._dropped_token_calls = 0
+        # Token requests' progress, for tests that wait on it (wait_for_token_requests) instead of sleeping.
+        self._token_requests = threading.Condition(self.lock)
+        self._received_token_requests = 0
+        self._done_token_requests = 0
 
         self.add_user("alice@example.com", "alice", name="Alice Example")
 
@@ -528,9 +574,54 @@ class EmulatorState:
                 record.family.token_calls += 1
             return self._faults.popleft() if self._faults else None
 
-    def record_dropped_token_call(self) -> None:
+    def token_request_received(self) -> None:
+        """Note a request that arrived at the token endpoint, before its latency; wakes the waiters."""
+        with self._token_requests:
+            self._received_token_requests += 1
+            self._token_requests.notify_all()
+
+    def token_request_done(self, *, dropped: bool) -> None:
+        """Note a token request that was answered, or ``dropped`` unprocessed; wakes the waiters."""
+        with self._token_requests:
+            self._done_token_requests += 1
+            if dropped:
+                self._dropped_token_calls += 1
+            self._token_requests.notify_all()
+
+    # -- test controls: waiting on token requests --------------------------------------------------------
+
+    def token_requests(self) -> TokenRequests:
+        """Token requests received, done and dropped since the last :meth:`reset_counters`."""
         with self.lock:
-            self._dropped_token_calls += 1
+            return TokenRequests(
+                self._received_token_requests, self._done_token_requests, self._dropped_token_calls
+            )
+
+    def wait_for_token_requests(
+        self, *, received: int = 0, done: int = 0, dropped: int = 0, timeout: float = 5.0
+    ) -> TokenRequests:
+        """Block until at least ``received`` token requests arrived, ``done`` ended and ``dropped`` were dropped.
+
+        Counts are since the last :meth:`reset_counters`. In-process tests use this to order an action after
+        a moment at the emulator, e.g. kill a client once its token request is in flight
+        (``received=1`` with :meth:`token_latency` on), or go on once a dropped request is over
+        (``dropped=1``), rather than sleeping and hoping the moment has come. Raises ``TimeoutError`` with the
+        counts reached after ``timeout`` seconds, so a request that never came fails the test loudly instead
+        of letting it pass without the race it was written for.
+        """
+        wanted = TokenRequests(received, done, dropped)
+        with self._token_requests:
+            reached = self._token_requests.wait_for(
+                lambda: self._received_token_requests >= received
+                and self._done_token_requests >= done
+                and self._dropped_token_calls >= dropped,
+                timeout,
+            )
+            if not reached:
+                raise TimeoutError(
+                    f"waited {timeout}s for token requests {wanted}, reached {self.token_requests()}"
+                )
+            return self.token_requests()
 
     # -- test controls: counters -------------------------------------------------------------------------
 
@@ -557,6 +648,8 @@ class EmulatorState:
             self._token_calls = 0
             self._token_calls_by_grant.clear()
             self._dropped_token_calls = 0
+            self._received_token_requests = 0
+            self._done_token_requests = 0
             for family in self.families.values():
                 family.token_calls = 0
 
