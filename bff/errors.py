@@ -50,6 +50,7 @@ class ProblemKind(enum.Enum):
     NOT_AUTHENTICATED = ("not-authenticated", 401, "Not logged in")
     LOGIN_REQUIRED = ("login-required", 401, "Login required")
     STEP_UP_REQUIRED = ("step-up-required", 401, "Step-up authentication required")
+    REFRESH_INTERRUPTED = ("refresh-interrupted", 401, "Login required")
     CSRF = ("csrf", 403, "Anti-forgery check failed")
     INVALID_RETURN_URL = ("invalid-return-url", 400, "Invalid return URL")
     INVALID_LOGIN_REQUEST = ("invalid-login-request", 400, "Invalid login request")

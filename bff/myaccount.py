@@ -53,6 +53,8 @@ _REFUSALS: dict[RefusalReason, ProblemKind] = {
     RefusalReason.AUDIENCE_MISMATCH: ProblemKind.TOKEN_AUDIENCE_MISMATCH,
     RefusalReason.SCOPE_MISMATCH: ProblemKind.TOKEN_SCOPE_MISMATCH,
     RefusalReason.BUSY: ProblemKind.TOKEN_BUSY,
+    RefusalReason.REFRESH_INTERRUPTED: ProblemKind.REFRESH_INTERRUPTED,
+    RefusalReason.STORE_UNAVAILABLE: ProblemKind.STORE_UNAVAILABLE,
 }
 
 
@@ -62,7 +64,7 @@ def call_problem(failure: CallFailure, return_to: str) -> Problem:
         kind = _REFUSALS[failure.reason]
         headers = {"Retry-After": failure.retry_after} if failure.retry_after else None
         url = None
-        if kind is ProblemKind.LOGIN_REQUIRED:
+        if kind in (ProblemKind.LOGIN_REQUIRED, ProblemKind.REFRESH_INTERRUPTED):
             url = login_url(return_to)
         elif kind is ProblemKind.STEP_UP_REQUIRED:
             url = login_url(return_to, step_up=True)

@@ -53,13 +53,13 @@ def _url(variable: str, value: str, *, allow_path: bool) -> str:
     return value
 
 
-def _positive_number(variable: str, raw: str, kind: type[int] | type[float]) -> t.Any:
+def _positive_number(variable: str, raw: str, kind: type[int] | type[float], *, zero: bool = False) -> t.Any:
     try:
         number = kind(raw)
     except ValueError:
         raise ConfigError(variable, f"must be a {kind.__name__}, got {raw!r}") from None
-    if number <= 0:
-        raise ConfigError(variable, f"must be greater than zero, got {raw!r}")
+    if number < 0 or (number == 0 and not zero):
+        raise ConfigError(variable, f"must be {'zero or more' if zero else 'greater than zero'}, got {raw!r}")
     return number
 
 
@@ -92,6 +92,7 @@ class Settings:
     static_dir: str | None = None
     step_up_scopes: tuple[str, ...] = ()
     refresh_lock_lease: float = 30.0
+    refresh_token_overlap: int = 0
 
     def __post_init__(self) -> None:
         # Normalise once so every consumer sees the same spelling.
@@ -138,6 +139,8 @@ class Settings:
             raise ConfigError(
                 "BFF_SESSION_LIFETIME", "must not be shorter than BFF_SESSION_IDLE_TIMEOUT"
             )
+        if self.refresh_token_overlap < 0:
+            raise ConfigError("BFF_REFRESH_TOKEN_OVERLAP", "must be zero or more seconds")
         if self.refresh_lock_lease <= self.token_timeout:
             raise ConfigError(
                 "BFF_REFRESH_LOCK_LEASE", "must be longer than BFF_TOKEN_TIMEOUT (the slowest exchange)"
@@ -175,6 +178,15 @@ class Settings:
     @property
     def post_logout_redirect_uri(self) -> str:
         return self.base_url + "/"
+
+    @property
+    def ambiguous_refresh_window(self) -> float:
+        """How long after an attempt whose outcome is unknown its refresh token may be presented again.
+
+        The tenant's rotation overlap (``BFF_REFRESH_TOKEN_OVERLAP``) less one token timeout, so the
+        retry itself completes inside the overlap; zero or less means never.
+        """
+        return self.refresh_token_overlap - self.token_timeout
 
     @property
     def login_audience_is_my_account(self) -> bool:
@@ -240,5 +252,8 @@ class Settings:
             step_up_scopes=tuple(step_up.split()) if step_up else (),
             refresh_lock_lease=number(
                 "BFF_REFRESH_LOCK_LEASE", defaults["refresh_lock_lease"].default, float
+            ),
+            refresh_token_overlap=_positive_number(
+                "BFF_REFRESH_TOKEN_OVERLAP", optional("BFF_REFRESH_TOKEN_OVERLAP") or "0", int, zero=True
             ),
         )

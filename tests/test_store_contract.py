@@ -85,24 +85,33 @@ def test_records_expire(store: SessionStore) -> None:
     assert store.load("s1") is None
 
 
-def test_fenced_update_requires_holding_the_lock(store: SessionStore) -> None:
-    store.write("s1", {"rt": b"old"}, ttl=60)
-    assert store.update_fenced("s1", {"rt": b"stolen"}, "refresh:s1", "nobody") is False
-    assert store.acquire("refresh:s1", "me", lease=5)
-    assert store.update_fenced("s1", {"rt": b"new"}, "refresh:s1", "me") is True
-    store.release("refresh:s1", "me")
-    assert store.update_fenced("s1", {"rt": b"late"}, "refresh:s1", "me") is False
+def test_guarded_update_writes_only_over_the_expected_value(store: SessionStore) -> None:
+    store.write("s1", {"rt": b"old", "at:read": b"a"}, ttl=60)
+    assert store.update_cas("s1", {"rt": b"stolen"}, guard="rt", expected=b"other") is False
+    assert store.update_cas("s1", {"rt": b"new", "at:read": b"b"}, guard="rt", expected=b"old", remove=("ri",)) is True
+    # Repeating the same write after an unclear failure is recognised as done, not refused.
+    assert store.update_cas("s1", {"rt": b"new", "at:read": b"b"}, guard="rt", expected=b"old") is True
+    assert store.update_cas("s1", {"rt": b"late"}, guard="rt", expected=b"old") is False
     record = store.load("s1")
-    assert record is not None and record.fields["rt"] == b"new"
+    assert record is not None and record.fields == {"rt": b"new", "at:read": b"b"}
 
 
-def test_fenced_update_fails_after_the_lease_lapsed(store: SessionStore) -> None:
-    store.write("s1", {"rt": b"old"}, ttl=60)
-    assert store.acquire("refresh:s1", "slow", lease=0.2)
-    time.sleep(0.4)
-    assert store.acquire("refresh:s1", "fast", lease=5)
-    assert store.update_fenced("s1", {"rt": b"stale"}, "refresh:s1", "slow") is False
-    assert store.update_fenced("s1", {"rt": b"fresh"}, "refresh:s1", "fast") is True
+def test_guarded_update_can_remove_fields_and_never_resurrects(store: SessionStore) -> None:
+    store.write("s1", {"rt": b"t", "ri": b"1"}, ttl=60)
+    assert store.update_cas("s1", {}, guard="rt", expected=b"t", remove=("ri",)) is True
+    record = store.load("s1")
+    assert record is not None and record.fields == {"rt": b"t"}
+    store.delete("s1")
+    assert store.update_cas("s1", {"rt": b"u"}, guard="rt", expected=b"t") is False
+    assert store.load("s1") is None
+
+
+def test_lock_owner_names_the_holder(store: SessionStore) -> None:
+    assert store.lock_owner("refresh:s1") is None
+    assert store.acquire("refresh:s1", "me", lease=5)
+    assert store.lock_owner("refresh:s1") == "me"
+    store.release("refresh:s1", "me")
+    assert store.lock_owner("refresh:s1") is None
 
 
 def test_lock_is_exclusive_until_released_or_expired(store: SessionStore) -> None:
@@ -310,7 +319,7 @@ def test_a_write_to_a_read_only_replica_raises_store_unavailable(replicated: Rep
         writes: list[t.Callable[[], object]] = [  # ...but every kind of write is refused
             lambda: store.write("s1", {"doc": b"b"}, ttl=60),
             lambda: store.update("s1", {"doc": b"b"}),
-            lambda: store.update_fenced("s1", {"rt": b"b"}, "refresh:s1", "me"),
+            lambda: store.update_cas("s1", {"rt": b"b"}, guard="rt", expected=b"a"),
             lambda: store.delete("s1"),
             lambda: store.put("k", b"v", ttl=60),
             lambda: store.take("k"),

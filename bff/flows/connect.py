@@ -61,7 +61,7 @@ from ..security import check_anti_forgery, safe_return_to
 from ..services import Services, services
 from ..session import LiveSession, current_session, require_session
 from ..settings import Settings
-from ..tokens.manager import RefusalReason, TokenRefusal
+from ..tokens.manager import TokenRefusal
 
 __all__ = ["AUTHORIZATION_PARAMS", "CONNECT_SCOPE", "blueprint", "connect_cookie_name"]
 
@@ -198,7 +198,7 @@ def _call(
     body = json.dumps(payload).encode()
     headers = {"content-type": "application/json", "accept": "application/json"}
     result = svc.myaccount.call(session, CONNECT_SCOPE, "POST", path, "", headers, body)
-    if isinstance(result, TokenRefusal) and result.reason is RefusalReason.SESSION_ENDED:
+    if isinstance(result, TokenRefusal) and result.ended_session:
         current = current_session()
         if current.sid == session.sid:
             current.drop()

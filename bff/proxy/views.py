@@ -21,7 +21,7 @@ from ..myaccount import call_problem
 from ..security import check_anti_forgery
 from ..services import services
 from ..session import require_session
-from ..tokens.manager import RefusalReason, TokenRefusal
+from ..tokens.manager import TokenRefusal
 from .forward import BFF_PREFIX, UpstreamResponse
 from .matching import RouteRejection
 
@@ -97,7 +97,7 @@ def proxy(rest: str = "") -> Response:
         live, match.route.scope, match.route.method, match.upstream_path, match.query, headers, body
     )
     if not isinstance(result, UpstreamResponse):
-        if isinstance(result, TokenRefusal) and result.reason is RefusalReason.SESSION_ENDED:
+        if isinstance(result, TokenRefusal) and result.ended_session:
             session.drop()
         raise call_problem(result, _return_to())
     response = Response(result.body, status=result.status)

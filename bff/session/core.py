@@ -29,15 +29,18 @@ import hashlib
 import json
 import logging
 import secrets
+import threading
 import typing as t
 from dataclasses import asdict, dataclass
 
 from ..clock import Clock
 from ..security import SecretBox
 from ..store import SessionStore
+from .heartbeat import Heartbeat
 from .record import (
     ACCESS_PREFIX,
     DOC,
+    INTENT,
     REFRESH,
     SEEN,
     LiveSession,
@@ -88,6 +91,7 @@ class EndReason(enum.Enum):
     ENDED_BY_USER = "ended-by-user"
     REPLACED = "replaced"
     INVALID_GRANT = "invalid-grant"
+    REFRESH_INTERRUPTED = "refresh-interrupted"
     IDLE_TIMEOUT = "idle-timeout"
     LIFETIME = "lifetime"
 
@@ -148,6 +152,9 @@ class SessionCore:
         self._clock = clock
         self._policy = policy
         self._revoke = revoke
+        self._heartbeat = Heartbeat(store)
+        self._sealed: dict[str, tuple[str, bytes]] = {}
+        self._sealed_lock = threading.Lock()
         # Slide the idle deadline at most once per interval: a busy session costs one write per
         # interval, not one per request.
         self.touch_interval = min(60.0, policy.idle_timeout / 10)
@@ -282,9 +289,23 @@ class SessionCore:
         return True
 
     # Token custody ----------------------------------------------------------------------------
+    #
+    # The refresh lock serialises the use of a session's refresh token across processes and hosts.
+    # Its owner names the holder's process, whose heartbeat a waiter checks, so a lock left by a dead
+    # holder (killed, or lost with a failed-over primary) is taken over within seconds instead of
+    # blocking the session for its whole lease. Correctness never rests on the lock alone: every write
+    # of the refresh token is a compare-and-set against the token that was redeemed.
 
-    def acquire_refresh_lock(self, sid: str, owner: str, lease: float) -> bool:
-        return self._store.acquire(refresh_lock(sid), owner, lease)
+    @property
+    def beating(self) -> bool:
+        """Whether this process is announcing its liveness (it has taken a lock within a lease)."""
+        return self._heartbeat.beating
+
+    def acquire_refresh_lock(self, sid: str, lease: float) -> str | None:
+        """Take the session's refresh lock; returns the owner token, or ``None`` if it is held."""
+        owner = f"{self._heartbeat.instance}.{secrets.token_urlsafe(9)}"
+        self._heartbeat.ensure_running(lease)
+        return owner if self._store.acquire(refresh_lock(sid), owner, lease) else None
 
     def extend_refresh_lock(self, sid: str, owner: str, lease: float) -> bool:
         return self._store.extend(refresh_lock(sid), owner, lease)
@@ -292,21 +313,71 @@ class SessionCore:
     def release_refresh_lock(self, sid: str, owner: str) -> None:
         self._store.release(refresh_lock(sid), owner)
 
+    def break_dead_refresh_lock(self, sid: str) -> bool:
+        """Free the refresh lock if its holder's process has stopped beating; returns whether it did."""
+        owner = self._store.lock_owner(refresh_lock(sid))
+        if owner is None:
+            return True
+        instance = owner.rpartition(".")[0]
+        if not instance or self._heartbeat.alive(instance):
+            return False
+        log.warning("refresh lock of a dead holder taken over", extra={"event": "token.lock_taken_over"})
+        self._store.release(refresh_lock(sid), owner)
+        return True
+
+    def begin_refresh(self, session: LiveSession) -> bool:
+        """Record, durably, that the current refresh token is about to be presented to the IdP.
+
+        If the attempt's outcome stays unknown (a timeout, a broken connection, a holder that died),
+        whoever refreshes next sees this mark and knows the token may already have been rotated.
+        ``False`` when the refresh token changed meanwhile.
+        """
+        sealed = session.sealed_refresh_token
+        if sealed is None:
+            return False
+        stamp = f"{self._clock.now():.3f}".encode()
+        return self._store.update_cas(session.sid, {INTENT: stamp}, guard=REFRESH, expected=sealed)
+
     def save_tokens(
-        self, sid: str, owner: str, *, refresh_token: str | None, access: t.Mapping[str, bytes]
+        self, session: LiveSession, *, refresh_token: str | None, access: t.Mapping[str, bytes]
     ) -> bool:
-        """Write a rotated refresh token and access tokens, only while ``owner`` holds the refresh lock."""
+        """Store a refresh result: a rotated refresh token and access tokens, and clear the attempt's mark.
+
+        Compare-and-set against the refresh token ``session`` holds (the one redeemed): ``False`` when
+        it changed meanwhile. Safe to repeat after an unclear failure; durable when it returns.
+        """
+        sealed = session.sealed_refresh_token
+        if sealed is None:
+            return False
         fields = {ACCESS_PREFIX + set_key: value for set_key, value in access.items()}
         if refresh_token is not None:
-            fields[REFRESH] = self._box.seal(refresh_token.encode())
-        if not fields:
-            return True
-        return self._store.update_fenced(sid, fields, refresh_lock(sid), owner)
+            fields[REFRESH] = self._sealed_for(session.sid, refresh_token)
+        return self._store.update_cas(session.sid, fields, guard=REFRESH, expected=sealed, remove=(INTENT,))
+
+    def abandon_refresh(self, session: LiveSession) -> bool:
+        """The IdP answered without rotating (or the request never left): clear the attempt's mark."""
+        sealed = session.sealed_refresh_token
+        if sealed is None:
+            return False
+        return self._store.update_cas(session.sid, {}, guard=REFRESH, expected=sealed, remove=(INTENT,))
 
     def open_refresh_token(self, session: LiveSession) -> str | None:
         sealed = session.sealed_refresh_token
         opened = self._box.open(sealed) if sealed else None
         return opened.decode() if opened is not None else None
+
+    def _sealed_for(self, sid: str, refresh_token: str) -> bytes:
+        # Sealing is randomised; a repeated write of the same result must carry the same bytes, or the
+        # compare-and-set could not recognise it as already applied.
+        with self._sealed_lock:
+            cached = self._sealed.get(sid)
+            if cached is not None and cached[0] == refresh_token:
+                return cached[1]
+            sealed = self._box.seal(refresh_token.encode())
+            if len(self._sealed) > 1024:
+                self._sealed.clear()
+            self._sealed[sid] = (refresh_token, sealed)
+            return sealed
 
     # Login transactions (in the browser) ------------------------------------------------------
 

@@ -6,6 +6,8 @@ field per concern, each written on its own so that concurrent requests never ove
 * ``doc``  — the session document (JSON: user claims, lifetimes, device), written once at start;
 * ``rt``   — the sealed refresh token, written only under the session's refresh lock, fenced;
 * ``at:*`` — access tokens per scope set (format owned by the token manager), same lock;
+* ``ri``   — set while the refresh token is being presented to the IdP (when, as a timestamp), so an
+  attempt whose outcome stayed unknown is recognised by whoever refreshes next;
 * ``seen`` — last activity, written at most once per touch interval.
 
 Only this package spells these names; other modules go through :class:`LiveSession` and
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 __all__ = [
     "ACCESS_PREFIX",
     "DOC",
+    "INTENT",
     "REFRESH",
     "SEEN",
     "LiveSession",
@@ -38,6 +41,7 @@ DOC = "doc"
 REFRESH = "rt"
 ACCESS_PREFIX = "at:"
 SEEN = "seen"
+INTENT = "ri"
 
 
 def sub_index(sub: str) -> str:
@@ -117,6 +121,12 @@ class LiveSession:
     @property
     def sealed_refresh_token(self) -> bytes | None:
         return self.fields.get(REFRESH)
+
+    @property
+    def refresh_started_at(self) -> float | None:
+        """When the current refresh token was last presented without a known outcome, if it was."""
+        raw = self.fields.get(INTENT)
+        return float(raw) if raw else None
 
     def access(self, set_key: str) -> bytes | None:
         """The stored access-token entry of a scope set (the token manager's format)."""

@@ -3,9 +3,11 @@
 A session is one *record*: a flat map of named fields under the session id, with a time to
 live. Fields are written individually, never as a whole blob, so two requests that change
 different fields of one session cannot overwrite each other (the lost-update bug of
-blob-per-request session stores). Fields that must change under a cross-process lock (the
-refresh token and the access tokens minted from it) are written *fenced*: only if the writer
-still holds that lock, so a writer whose lease ran out can never replace newer data.
+blob-per-request session stores). Fields that must never go back (the refresh token and the
+access tokens minted from it) are written by *compare-and-set* against the value the writer
+redeemed, so a writer that lost its lock, or whose store failed over, can never replace newer
+data; such a write is idempotent (repeating it after an unclear failure is safe) and, where the
+backend has replicas, acknowledged by one before it returns, so a failover cannot roll it back.
 
 Besides records the store keeps one-time values (login and connect transactions, replay
 guards), leased locks, and small indexes (user and IdP session id to BFF session ids, for
@@ -63,8 +65,22 @@ class SessionStore(ABC):
         """Set fields (and optionally the TTL) only if the record exists; never resurrects one."""
 
     @abstractmethod
-    def update_fenced(self, sid: str, fields: t.Mapping[str, bytes], lock: str, owner: str) -> bool:
-        """Set fields only if the record exists and ``owner`` still holds ``lock``."""
+    def update_cas(
+        self,
+        sid: str,
+        fields: t.Mapping[str, bytes],
+        *,
+        guard: str,
+        expected: bytes,
+        remove: t.Sequence[str] = (),
+    ) -> bool:
+        """Set ``fields`` and delete ``remove`` only if field ``guard`` still holds ``expected``.
+
+        Also ``True`` when ``guard`` already holds the new value ``fields[guard]`` (the same write,
+        repeated after a failure whose outcome was unclear). Durable before it returns: where the
+        backend replicates, at least one replica has acknowledged the write, else
+        :class:`StoreUnavailable` (the write may be lost: repeat it).
+        """
 
     @abstractmethod
     def delete(self, sid: str) -> None:
@@ -93,6 +109,10 @@ class SessionStore(ABC):
     @abstractmethod
     def extend(self, lock: str, owner: str, lease: float) -> bool:
         """Renew the lease if ``owner`` still holds the lock."""
+
+    @abstractmethod
+    def lock_owner(self, lock: str) -> str | None:
+        """Who holds the lock now, or ``None``."""
 
     @abstractmethod
     def release(self, lock: str, owner: str) -> None:

@@ -1,5 +1,8 @@
 """Redis backend: standalone, TLS (``rediss://``) or Sentinel (``redis+sentinel://``).
 
+Conditional writes are Lua scripts declared as writing (``#!lua``, Redis 7.0 and later), so a
+read-only replica refuses them outright instead of answering "condition not met".
+
 Keys: ``<prefix>s:<sid>`` (hash, one field per session field), ``<prefix>k:<key>`` (one-time
 values), ``<prefix>l:<lock>`` (locks), ``<prefix>i:<index>`` (sets). Conditional writes are Lua
 scripts, so "only if the session exists" and "only if I still hold the lock" are atomic with the
@@ -30,27 +33,37 @@ R = t.TypeVar("R")
 # Fail fast: a proxied call should not hang on a dead store; one quick retry absorbs a blip.
 _TIMEOUT = 1.0
 _PRIMARY_RECHECK = 0.2
+# How long a guarded write waits for a replica's acknowledgement, and how often the number of
+# connected replicas is read again.
+_WAIT_MS = 500
+_REPLICA_RECHECK = 2.0
 
-_UPDATE = """
+_UPDATE = """#!lua
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 if ARGV[1] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return 1
 """
 
-_UPDATE_FENCED = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+# ARGV: guard field, expected value, new guard value ('' when the guard does not change), the number
+# of fields to remove, those field names, then field/value pairs to set.
+_UPDATE_CAS = """#!lua
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if not current then return 0 end
+if ARGV[3] ~= '' and current == ARGV[3] then return 1 end
+if current ~= ARGV[2] then return 0 end
+local removing = tonumber(ARGV[4])
+for i = 5, 4 + removing do redis.call('HDEL', KEYS[1], ARGV[i]) end
+if #ARGV > 4 + removing then redis.call('HSET', KEYS[1], unpack(ARGV, 5 + removing)) end
 return 1
 """
 
-_EXTEND = """
+_EXTEND = """#!lua
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 
-_RELEASE = """
+_RELEASE = """#!lua
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
@@ -91,13 +104,15 @@ class RedisStore(SessionStore):
         self._redis = client
         self._prefix = prefix
         self._update = client.register_script(_UPDATE)
-        self._update_fenced = client.register_script(_UPDATE_FENCED)
+        self._update_cas = client.register_script(_UPDATE_CAS)
         self._extend = client.register_script(_EXTEND)
         self._release = client.register_script(_RELEASE)
         self.round_trips = 0
         pool = client.connection_pool
         self._sentinel_pool = pool if isinstance(pool, SentinelConnectionPool) else None
         self._primary_checked = 0.0
+        self._replicas = 0
+        self._replicas_checked = -_REPLICA_RECHECK
 
     def follow_primary(self) -> None:
         """Behind Sentinel, re-ask for the primary at most every ``_PRIMARY_RECHECK`` seconds.
@@ -160,9 +175,36 @@ class RedisStore(SessionStore):
         return bool(self._update(keys=[self._s(sid)], args=[expire, *_flatten(fields)]) == 1)
 
     @_guard
-    def update_fenced(self, sid: str, fields: t.Mapping[str, bytes], lock: str, owner: str) -> bool:
-        result = self._update_fenced(keys=[self._s(sid), self._l(lock)], args=[owner, *_flatten(fields)])
-        return bool(result == 1)
+    def update_cas(
+        self,
+        sid: str,
+        fields: t.Mapping[str, bytes],
+        *,
+        guard: str,
+        expected: bytes,
+        remove: t.Sequence[str] = (),
+    ) -> bool:
+        args = [guard, expected, fields.get(guard, b""), str(len(remove)), *remove, *_flatten(fields)]
+        if self._update_cas(keys=[self._s(sid)], args=args) != 1:
+            return False
+        self._await_replica()
+        return True
+
+    def _await_replica(self) -> None:
+        """Where the primary has replicas, wait until one acknowledged the writes so far.
+
+        Replication is asynchronous: a write the primary accepted but no replica received is lost when
+        a replica is promoted. ``WAIT`` closes that window for the writes that must not be lost (a
+        rotated refresh token); raising here makes the caller repeat the (idempotent) write.
+        """
+        now = time.monotonic()
+        if now - self._replicas_checked >= _REPLICA_RECHECK:
+            info = self._redis.info("replication")
+            self._replicas = int(info.get("connected_slaves", 0))
+            self._replicas_checked = now
+        if self._replicas and int(self._redis.wait(1, _WAIT_MS)) < 1:
+            self._replicas_checked = -_REPLICA_RECHECK  # perhaps the replica left: read the count again
+            raise StoreUnavailable("no replica acknowledged the write")
 
     @_guard
     def delete(self, sid: str) -> None:
@@ -187,6 +229,11 @@ class RedisStore(SessionStore):
     @_guard
     def extend(self, lock: str, owner: str, lease: float) -> bool:
         return bool(self._extend(keys=[self._l(lock)], args=[owner, _ms(lease)]) == 1)
+
+    @_guard
+    def lock_owner(self, lock: str) -> str | None:
+        value = t.cast("bytes | None", self._redis.get(self._l(lock)))
+        return None if value is None else value.decode()
 
     @_guard
     def release(self, lock: str, owner: str) -> None:

@@ -149,13 +149,27 @@ class SqliteStore(SessionStore):
             return True
 
     @_guard
-    def update_fenced(self, sid: str, fields: t.Mapping[str, bytes], lock: str, owner: str) -> bool:
+    def update_cas(
+        self,
+        sid: str,
+        fields: t.Mapping[str, bytes],
+        *,
+        guard: str,
+        expected: bytes,
+        remove: t.Sequence[str] = (),
+    ) -> bool:
         with self._tx() as db:
-            row = db.execute("SELECT owner, expires_at FROM locks WHERE name = ?", (lock,)).fetchone()
-            if row is None or row[0] != owner or row[1] <= self._clock():
-                return False
             if not self._alive(db, sid):
                 return False
+            row = db.execute("SELECT value FROM fields WHERE sid = ? AND name = ?", (sid, guard)).fetchone()
+            if row is None:
+                return False
+            current = bytes(row[0])
+            if guard in fields and current == fields[guard]:
+                return True
+            if current != expected:
+                return False
+            db.executemany("DELETE FROM fields WHERE sid = ? AND name = ?", [(sid, name) for name in remove])
             self._set_fields(db, sid, fields)
             return True
 
@@ -219,6 +233,13 @@ class SqliteStore(SessionStore):
                 (now + lease, lock, owner, now),
             )
             return cursor.rowcount == 1
+
+    @_guard
+    def lock_owner(self, lock: str) -> str | None:
+        row = self._db().execute(
+            "SELECT owner FROM locks WHERE name = ? AND expires_at > ?", (lock, self._clock())
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     @_guard
     def release(self, lock: str, owner: str) -> None:

@@ -5,8 +5,11 @@ Failures are classified by their OAuth error code, never by message text:
 * ``invalid_grant`` — the refresh token is dead (revoked, expired, reused): the session ends.
 * ``mfa_required``, ``unmet_authentication_requirements`` and the interaction errors — the
   user must log in again with more assurance (step-up): a distinct 401.
-* a transport error, a timeout, a 5xx or ``temporarily_unavailable`` — the IdP is having a
-  bad moment: 502/503, and the session and its refresh token are kept.
+* a transport error before the request was sent, a 5xx or ``temporarily_unavailable`` — the IdP
+  is having a bad moment: 502/503, and the session and its refresh token are kept.
+* a timeout waiting for the answer, or a connection broken after the request was sent —
+  ``ambiguous``: the IdP may have processed the request (and rotated the refresh token) or not.
+  The caller must not simply retry with the same refresh token (see the token manager).
 * anything else (``invalid_client``, ``invalid_scope``, ...) — misconfiguration: 502.
 """
 
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 import requests
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.requests_client import OAuth2Session
+from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
 
 from ..clock import Clock
 from ..settings import Settings
@@ -28,7 +32,7 @@ __all__ = ["TokenClient", "TokenFailure", "TokenSet"]
 
 log = logging.getLogger(__name__)
 
-FailureKind = t.Literal["invalid_grant", "step_up", "unavailable", "server_error", "rejected"]
+FailureKind = t.Literal["invalid_grant", "step_up", "unavailable", "ambiguous", "server_error", "rejected"]
 
 _STEP_UP_ERRORS = {
     "mfa_required",
@@ -75,6 +79,23 @@ def _classify(status: int, error: str, description: str, retry_after: str | None
     else:
         kind = "rejected"
     return TokenFailure(kind, error, description, status, retry_after)
+
+
+def _never_sent(error: requests.ConnectionError) -> bool:
+    """Whether the connection failed before any byte of the request left (so nothing was processed)."""
+    pending: list[object] = [error]
+    seen = 0
+    while pending and seen < 16:
+        cause = pending.pop()
+        seen += 1
+        if isinstance(cause, NewConnectionError | NameResolutionError | ConnectionRefusedError):
+            return True
+        if isinstance(cause, MaxRetryError):
+            pending.append(cause.reason)
+        if isinstance(cause, BaseException):
+            pending.extend(arg for arg in cause.args if isinstance(arg, BaseException))
+            pending.extend(c for c in (cause.__cause__, cause.__context__) if c is not None)
+    return False
 
 
 class TokenClient:
@@ -162,8 +183,14 @@ class TokenClient:
         except OAuthError as error:
             retry_after = seen[-1].headers.get("Retry-After") if seen else None
             return _classify(status(), str(error.error), str(error.description or ""), retry_after)
+        except requests.ConnectTimeout:
+            return TokenFailure("unavailable", "unreachable", "The token endpoint could not be reached.")
         except requests.Timeout:
-            return TokenFailure("unavailable", "timeout", "The token endpoint did not answer in time.")
+            return TokenFailure("ambiguous", "timeout", "The token endpoint did not answer in time.")
+        except requests.ConnectionError as error:
+            if _never_sent(error):
+                return TokenFailure("unavailable", "unreachable", "The token endpoint could not be reached.")
+            return TokenFailure("ambiguous", "connection-broken", "The connection broke before the answer came.")
         except (requests.RequestException, json.JSONDecodeError, ValueError):
             code = status()
             if code == 0:

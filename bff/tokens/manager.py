@@ -1,19 +1,35 @@
-"""Access tokens for the My Account API: cache, MRRT exchange, single-flight refresh.
+"""Access tokens for the My Account API: cache, MRRT exchange, single-flight refresh, and custody of
+the refresh token under faults.
 
 How a token is obtained for a route's scope:
 
-1. The session record (already loaded with the session, no extra round trip) holds sealed
-   access tokens per *scope set*. One that covers the scope and is not within the refresh
-   margin of its expiry is used as is.
-2. Otherwise the session's refresh token is exchanged (``grant_type=refresh_token`` with the
-   My Account ``audience`` and the set's ``scope``: Multi-Resource Refresh Token). The exchange
-   is single-flight per session across every process and host: a lock in the store named for
-   the session's refresh token, a lease longer than the slowest exchange, a **reload after
-   acquiring** and a re-check (another holder may have done the work), and a **fenced write**
-   (only while still holding the lock), so a rotated refresh token is never overwritten by a
-   stale copy and never redeemed twice.
+1. The session record (already loaded with the session, no extra round trip) holds sealed access
+   tokens per *scope set*. One that covers the scope and is not within the refresh margin of its
+   expiry is used as is.
+2. Otherwise the session's refresh token is exchanged (``grant_type=refresh_token`` with the My
+   Account ``audience`` and the set's ``scope``: Multi-Resource Refresh Token). The exchange is
+   single-flight per session across every process and host: a lock in the store, a **reload after
+   acquiring** and a re-check (another holder may have done the work). A request whose cached token
+   is still valid (only inside the margin) never waits for the lock, and no request waits longer
+   than :data:`MAX_LOCK_WAIT`; a lock whose holder's process died is taken over (see the session core).
 3. What comes back is checked: Auth0 silently answers with a default-audience token when the
    client's MRRT policy does not cover the request, so ``aud`` and ``scope`` are verified.
+
+Custody of the refresh token (a rotated token, once received, is never lost):
+
+* Before the token is presented, the attempt is marked durably in the record. An attempt whose
+  outcome stays unknown (a timeout or a broken connection after sending, a holder that died) leaves
+  the mark: the IdP may have rotated the token. The next refresh presents it again only inside the
+  tenant's rotation overlap (``BFF_REFRESH_TOKEN_OVERLAP``, less one token timeout); otherwise the
+  session ends cleanly (``refresh-interrupted``, revoked) instead of triggering reuse detection, which
+  would revoke the whole family. Without an overlap, an unknown outcome ends the session at once.
+* The result is written by compare-and-set against the token that was redeemed (not against the
+  lock, which a failover can lose), acknowledged by a replica where there is one; a write that fails
+  because the store is failing over is repeated (it is idempotent) for a while, then kept in memory
+  and written by the next request of the session in this process.
+* A circuit breaker (:class:`~bff.tokens.breaker.CircuitBreaker`) turns a failing token endpoint into
+  fast 503s with ``Retry-After`` after a few failures and probes it until it recovers; meanwhile a
+  session whose access token has not yet expired keeps using it.
 
 Scope sets: all ``read:me:*`` scopes share one token; every other (sensitive) scope gets a set
 of its own, so a scope that needs recent MFA cannot make the reads fail with it.
@@ -21,7 +37,7 @@ of its own, so a scope that needs recent MFA cannot make the reads fail with it.
 The manager takes a session (id and record) and answers with an :class:`AccessToken` or a
 :class:`TokenRefusal` carrying a :class:`RefusalReason`; it knows nothing of HTTP. The web layer
 maps refusals to problems in one place (:mod:`bff.myaccount`). The record's fields, the lock and the
-fenced write belong to the session core (:class:`~bff.session.SessionCore`); time and sleeping go
+guarded writes belong to the session core (:class:`~bff.session.SessionCore`); time and sleeping go
 through the injected clock.
 """
 
@@ -31,7 +47,8 @@ import base64
 import enum
 import json
 import logging
-import secrets
+import math
+import threading
 import typing as t
 from dataclasses import dataclass
 
@@ -39,10 +56,13 @@ from ..clock import Clock
 from ..security import SecretBox
 from ..session import EndReason, LiveSession, SessionCore
 from ..settings import Settings
+from ..store import StoreUnavailable
+from .breaker import CircuitBreaker
 from .endpoint import TokenClient, TokenFailure, TokenSet
 
 __all__ = [
     "LOGIN_SET",
+    "MAX_LOCK_WAIT",
     "AccessToken",
     "RefusalReason",
     "ScopePlan",
@@ -55,6 +75,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LOGIN_SET = "login"
+#: The longest any request waits for another holder's refresh; then 503 ``token-busy``.
+MAX_LOCK_WAIT = 5.0
+#: A token this close to its expiry is not handed out even as a fallback.
+_MIN_VALIDITY = 5.0
+#: How long a refresh result is retried into a failing store before it is kept in memory.
+_SAVE_BUDGET = 10.0
+#: How often a waiter checks whether the lock's holder is still alive.
+_HOLDER_CHECK = 0.5
 _OPENED_CACHE_SIZE = 4096
 _READ_SET = "read"
 
@@ -79,6 +107,8 @@ class RefusalReason(enum.Enum):
     AUDIENCE_MISMATCH = "audience-mismatch"  # the MRRT policy does not cover the My Account API
     SCOPE_MISMATCH = "scope-mismatch"  # the grant lacks the route's scope
     BUSY = "busy"  # another holder is still refreshing: retry
+    REFRESH_INTERRUPTED = "refresh-interrupted"  # an attempt's outcome is unknown: log in again
+    STORE_UNAVAILABLE = "store-unavailable"  # the result could not be stored yet: it is kept, retry
 
 
 @dataclass(frozen=True)
@@ -88,6 +118,11 @@ class TokenRefusal:
     reason: RefusalReason
     detail: str
     retry_after: str | None = None
+
+    @property
+    def ended_session(self) -> bool:
+        """The session is over (its record is gone): the browser's cookie should go too."""
+        return self.reason in (RefusalReason.SESSION_ENDED, RefusalReason.REFRESH_INTERRUPTED)
 
 
 class ScopePlan:
@@ -137,6 +172,20 @@ def jwt_audiences(token: str) -> list[str] | None:
     return None
 
 
+_FALLBACK_REASONS = frozenset(
+    {RefusalReason.IDP_UNAVAILABLE, RefusalReason.IDP_ERROR, RefusalReason.BUSY, RefusalReason.STORE_UNAVAILABLE}
+)
+
+
+@dataclass(frozen=True)
+class _Unsaved:
+    """A refresh result the store did not take: written by the session's next request here."""
+
+    redeemed: LiveSession
+    refresh_token: str | None
+    access: dict[str, bytes]
+
+
 class TokenManager:
     """Hands out My Account API access tokens for a session; see the module docstring."""
 
@@ -149,6 +198,7 @@ class TokenManager:
         clock: Clock,
         plan: ScopePlan,
         token_endpoint: t.Callable[[], str],
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
@@ -157,14 +207,17 @@ class TokenManager:
         self._clock = clock
         self._plan = plan
         self._token_endpoint = token_endpoint
+        self.breaker = breaker or CircuitBreaker(clock)
         # Opened tokens by their sealed form: decrypting on every proxied call is a measurable share of
         # the hot path. Expiry and scope are still checked on every call (from the clear header), and a
         # new token has a new sealed form, so the cache can never serve a stale token.
         self._opened: dict[bytes, str] = {}
+        self._unsaved: dict[str, _Unsaved] = {}
+        self._unsaved_lock = threading.Lock()
 
     # Cache -----------------------------------------------------------------------------------
 
-    def _usable(self, value: bytes | None, scope: str, now: float) -> AccessToken | None:
+    def _usable(self, value: bytes | None, scope: str, now: float, *, margin: bool = True) -> AccessToken | None:
         if value is None:
             return None
         head = _decode_head(value)
@@ -172,9 +225,9 @@ class TokenManager:
             return None
         expires_at, issued_at, granted, sealed = head
         # Refresh ahead of expiry, but never spend more than half of a short token's life waiting.
-        margin = min(float(self._settings.token_refresh_margin), (expires_at - issued_at) / 2)
+        ahead = min(float(self._settings.token_refresh_margin), (expires_at - issued_at) / 2) if margin else 0.0
         scopes = frozenset(granted.split())
-        if expires_at - margin <= now or scope not in scopes:
+        if expires_at - max(ahead, _MIN_VALIDITY) <= now or scope not in scopes:
             return None
         opened = self._opened.get(sealed)
         if opened is None:
@@ -187,10 +240,10 @@ class TokenManager:
             self._opened[sealed] = opened
         return AccessToken(opened, expires_at, scopes)
 
-    def _cached(self, session: LiveSession, set_key: str, scope: str) -> AccessToken | None:
+    def _cached(self, session: LiveSession, set_key: str, scope: str, *, margin: bool = True) -> AccessToken | None:
         now = self._clock.now()
         for key in (set_key, LOGIN_SET):
-            found = self._usable(session.access(key), scope, now)
+            found = self._usable(session.access(key), scope, now, margin=margin)
             if found is not None:
                 return found
         return None
@@ -205,12 +258,20 @@ class TokenManager:
         ``refused``: the API refused this token; mint a new one unless another request already
         replaced it.
         """
+        if self._unsaved:
+            self._write_unsaved(session.sid)
         set_key, request_scope = self._plan.set_for(scope)
+        fallback = None
         if refused is None:
             cached = self._cached(session, set_key, scope)
             if cached is not None:
                 return cached
-        return self._refresh(session, set_key, scope, request_scope, refused)
+            # Inside the refresh margin but not expired: good enough while a refresh cannot be had.
+            fallback = self._cached(session, set_key, scope, margin=False)
+        result = self._refresh(session, set_key, scope, request_scope, refused, fallback)
+        if isinstance(result, TokenRefusal) and fallback is not None and result.reason in _FALLBACK_REASONS:
+            return fallback
+        return result
 
     def login_access(self, tokens: TokenSet) -> dict[str, bytes]:
         """The login's own access token, kept when it already is a My Account token (no extra exchange)."""
@@ -228,56 +289,151 @@ class TokenManager:
         scope: str,
         request_scope: str,
         refused: AccessToken | None,
+        fallback: AccessToken | None,
     ) -> AccessToken | TokenRefusal:
-        sid = session.sid
-        owner = secrets.token_urlsafe(16)
-        lease = self._settings.refresh_lock_lease
+        blocked = self.breaker.blocked_for()
+        if blocked is not None:
+            return self._idp_down(blocked)
+        owner = self._wait_for_lock(session, set_key, scope, refused, fallback)
+        if not isinstance(owner, str):
+            return owner
+        try:
+            return self._refresh_holding(session, owner, set_key, scope, request_scope, refused)
+        finally:
+            try:
+                self._sessions.release_refresh_lock(session.sid, owner)
+            except StoreUnavailable:
+                log.warning("refresh lock not released (the store is unavailable); it expires with its lease")
+
+    def _wait_for_lock(
+        self,
+        session: LiveSession,
+        set_key: str,
+        scope: str,
+        refused: AccessToken | None,
+        fallback: AccessToken | None,
+    ) -> str | AccessToken | TokenRefusal:
+        """The lock's owner token, or the outcome that made waiting for it unnecessary."""
         clock = self._clock
-        # A waiter outlasts a dead holder's lease plus one exchange; then it gives up with 503.
-        deadline = clock.monotonic() + lease + self._settings.token_timeout + 2.0
+        lease = self._settings.refresh_lock_lease
+        started = clock.monotonic()
+        deadline = started + MAX_LOCK_WAIT
+        checked = started
         pause = 0.005
-        while not self._sessions.acquire_refresh_lock(sid, owner, lease):
+        while (owner := self._sessions.acquire_refresh_lock(session.sid, lease)) is None:
+            if fallback is not None:
+                # Another request is refreshing; this one has a token that is still valid.
+                return _busy("Another request is refreshing this session's token.")
             clock.sleep(pause)
             pause = min(pause * 2, 0.05)
             settled = self._reload(session, set_key, scope, refused)
             if not isinstance(settled, LiveSession):
                 return settled
-            if clock.monotonic() > deadline:
+            now = clock.monotonic()
+            if now - checked >= _HOLDER_CHECK:
+                checked = now
+                self._sessions.break_dead_refresh_lock(session.sid)
+            if now > deadline:
+                log.info("refresh lock wait gave up", extra={"event": "token.lock_wait", "waited": now - started})
                 return _busy("Another request is still refreshing this session's token; try again.")
+        return owner
+
+    def _refresh_holding(
+        self,
+        session: LiveSession,
+        owner: str,
+        set_key: str,
+        scope: str,
+        request_scope: str,
+        refused: AccessToken | None,
+    ) -> AccessToken | TokenRefusal:
+        sid = session.sid
+        # Reload after acquiring: the refresh token may have rotated while we waited.
+        current = self._reload(session, set_key, scope, refused)
+        if not isinstance(current, LiveSession):
+            return current
+        refresh_token = self._sessions.open_refresh_token(current)
+        if refresh_token is None:
+            self._sessions.end(current, EndReason.INVALID_GRANT)
+            return TokenRefusal(RefusalReason.SESSION_ENDED, "This session has no usable refresh token.")
+        unknown_since = current.refresh_started_at
+        if unknown_since is not None and self._clock.now() - unknown_since > self._settings.ambiguous_refresh_window:
+            return self._interrupted(current)
+        # Confirm the lease right before spending the refresh token: a holder that was paused past
+        # its lease must not redeem a token someone else may be redeeming now.
+        if not self._sessions.extend_refresh_lock(sid, owner, self._settings.refresh_lock_lease):
+            return _busy("Lost the refresh lock; retry.")
+        wait = self.breaker.admit()
+        if wait is not None:
+            return self._idp_down(wait)
         try:
-            # Reload after acquiring: the refresh token may have rotated while we waited.
-            current = self._reload(session, set_key, scope, refused)
-            if not isinstance(current, LiveSession):
-                return current
-            refresh_token = self._sessions.open_refresh_token(current)
-            if refresh_token is None:
-                self._sessions.end(current, EndReason.INVALID_GRANT)
-                return TokenRefusal(RefusalReason.SESSION_ENDED, "This session has no usable refresh token.")
-            # Confirm the lease right before spending the refresh token: a holder that was paused
-            # past its lease must not redeem a token someone else may be redeeming now.
-            if not self._sessions.extend_refresh_lock(sid, owner, lease):
-                return _busy("Lost the refresh lock; retry.")
-            issued_at = clock.now()
-            result = self._client.refresh(
-                self._token_endpoint(),
-                refresh_token,
-                audience=self._settings.my_account_audience,
-                scope=request_scope,
-            )
-            if isinstance(result, TokenFailure):
-                return self._failed(current, result)
-            rotated = result.refresh_token if result.refresh_token and result.refresh_token != refresh_token else None
-            mismatch = self._mismatch(result, scope)
-            access = {} if mismatch is not None else {set_key: encode_access(self._box, result, issued_at)}
-            # The rotated refresh token is saved even when the access token is unusable.
-            if not self._sessions.save_tokens(sid, owner, refresh_token=rotated, access=access):
-                log.error("refresh result could not be saved: the lock was lost or the session ended")
-                return _busy("The session changed during the refresh; try again.")
-            if mismatch is not None:
-                return mismatch
-            return AccessToken(result.access_token, result.expires_at, frozenset(result.scope.split()))
-        finally:
-            self._sessions.release_refresh_lock(sid, owner)
+            if unknown_since is None and not self._sessions.begin_refresh(current):
+                self.breaker.released()
+                return _busy("The session's refresh token changed; retry.")
+        except StoreUnavailable:
+            self.breaker.released()
+            raise
+        issued_at = self._clock.now()
+        result = self._client.refresh(
+            self._token_endpoint(),
+            refresh_token,
+            audience=self._settings.my_account_audience,
+            scope=request_scope,
+        )
+        if isinstance(result, TokenFailure):
+            return self._failed(current, result, marked_here=unknown_since is None)
+        self.breaker.succeeded()
+        rotated = result.refresh_token if result.refresh_token and result.refresh_token != refresh_token else None
+        mismatch = self._mismatch(result, scope)
+        access = {} if mismatch is not None else {set_key: encode_access(self._box, result, issued_at)}
+        # The rotated refresh token is saved even when the access token is unusable.
+        saved = self._save(current, rotated, access)
+        if saved is not None:
+            return saved
+        if mismatch is not None:
+            return mismatch
+        return AccessToken(result.access_token, result.expires_at, frozenset(result.scope.split()))
+
+    def _save(self, redeemed: LiveSession, rotated: str | None, access: dict[str, bytes]) -> TokenRefusal | None:
+        """Store a refresh result, through a store failover if need be; a refusal if it could not be."""
+        clock = self._clock
+        deadline = clock.monotonic() + min(_SAVE_BUDGET, self._settings.refresh_lock_lease)
+        pause = 0.05
+        while True:
+            try:
+                saved = self._sessions.save_tokens(redeemed, refresh_token=rotated, access=access)
+                break
+            except StoreUnavailable:
+                if clock.monotonic() >= deadline:
+                    with self._unsaved_lock:
+                        self._unsaved[redeemed.sid] = _Unsaved(redeemed, rotated, access)
+                    log.error("refresh result kept in memory: the store is unavailable",
+                              extra={"event": "token.save_deferred"})
+                    return TokenRefusal(RefusalReason.STORE_UNAVAILABLE,
+                                        "The session store is not answering; the new tokens are kept. Retry.",
+                                        retry_after="1")
+                clock.sleep(pause)
+                pause = min(pause * 2, 0.5)
+        if saved:
+            return None
+        log.error("refresh result not saved: the session's refresh token changed or the session ended",
+                  extra={"event": "token.save_refused"})
+        if self._sessions.reload(redeemed.sid) is None:
+            return TokenRefusal(RefusalReason.SESSION_ENDED, "The session ended.")
+        return _busy("The session changed during the refresh; try again.")
+
+    def _write_unsaved(self, sid: str) -> None:
+        """Write a result a store outage left in memory, before anything uses the session's tokens."""
+        with self._unsaved_lock:
+            unsaved = self._unsaved.pop(sid, None)
+        if unsaved is None:
+            return
+        try:
+            self._sessions.save_tokens(unsaved.redeemed, refresh_token=unsaved.refresh_token, access=unsaved.access)
+        except StoreUnavailable:
+            with self._unsaved_lock:
+                self._unsaved.setdefault(sid, unsaved)
+            raise
 
     def _reload(
         self, session: LiveSession, set_key: str, scope: str, refused: AccessToken | None
@@ -290,6 +446,20 @@ class TokenManager:
         if found is None or (refused is not None and found.token == refused.token):
             return current  # nothing usable cached, or only the token the upstream rejected
         return found
+
+    def _interrupted(self, session: LiveSession) -> TokenRefusal:
+        self._sessions.end(session, EndReason.REFRESH_INTERRUPTED)
+        return TokenRefusal(
+            RefusalReason.REFRESH_INTERRUPTED,
+            "A refresh of this session's tokens was interrupted, and its outcome cannot be known: log in again.",
+        )
+
+    def _idp_down(self, wait: float) -> TokenRefusal:
+        return TokenRefusal(
+            RefusalReason.IDP_UNAVAILABLE,
+            "The token endpoint is failing; calls to it are paused. The session is kept.",
+            retry_after=str(max(1, math.ceil(wait))),
+        )
 
     def _mismatch(self, result: TokenSet, scope: str) -> TokenRefusal | None:
         audiences = jwt_audiences(result.access_token)
@@ -310,10 +480,29 @@ class TokenManager:
             )
         return None
 
-    def _failed(self, session: LiveSession, failure: TokenFailure) -> TokenRefusal:
+    def _failed(self, session: LiveSession, failure: TokenFailure, *, marked_here: bool) -> TokenRefusal:
+        if failure.kind == "ambiguous":
+            self.breaker.failed()
+            if self._settings.ambiguous_refresh_window <= 0:
+                return self._interrupted(session)
+            return TokenRefusal(
+                RefusalReason.IDP_UNAVAILABLE,
+                f"The token endpoint did not answer ({failure.error}); the session is kept.",
+                retry_after=failure.retry_after or "1",
+            )
+        # The IdP answered (or the request never left): nothing was rotated by this attempt.
+        if failure.kind in ("unavailable", "server_error"):
+            self.breaker.failed()
+        else:
+            self.breaker.succeeded()
         if failure.kind == "invalid_grant":
             self._sessions.end(session, EndReason.INVALID_GRANT)
             return TokenRefusal(RefusalReason.SESSION_ENDED, "The session's refresh token is no longer valid.")
+        if marked_here:
+            try:
+                self._sessions.abandon_refresh(session)
+            except StoreUnavailable:
+                log.warning("refresh mark not cleared (the store is unavailable)")
         if failure.kind == "step_up":
             return TokenRefusal(
                 RefusalReason.STEP_UP_REQUIRED,
