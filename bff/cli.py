@@ -21,7 +21,13 @@ def _fail(message: str, code: int = 2) -> t.NoReturn:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    """Production serving through gunicorn (gthread workers: the proxy waits on I/O)."""
+    """Production serving through gunicorn.
+
+    gevent workers by default: every connection is a greenlet, so a hung identity provider or My
+    Account API, or clients that send their requests slowly, hold no thread that ``/healthz`` or other
+    users would wait for. gunicorn's own HTTP parser keeps giving the raw request target (``RAW_URI``)
+    that the proxy's allowlist judges.
+    """
     from gunicorn.app.base import BaseApplication
 
     try:
@@ -135,7 +141,23 @@ def _check(args: argparse.Namespace) -> None:
         print(problem_line, file=sys.stderr)
     if problems:
         raise SystemExit(1)
+    for note in _advice(settings):
+        print(f"note: {note}")
     print("configuration ok")
+
+
+def _advice(settings: Settings) -> list[str]:
+    """What is valid but leaves users exposed to an infrastructure fault."""
+    notes = []
+    if settings.refresh_token_overlap <= settings.token_timeout:
+        notes.append(
+            f"BFF_REFRESH_TOKEN_OVERLAP is {settings.refresh_token_overlap}s, not above BFF_TOKEN_TIMEOUT "
+            f"({settings.token_timeout:g}s): a refresh whose outcome is unknown (the IdP hung or the "
+            "connection broke) ends that session. Set the tenant's refresh-token rotation overlap "
+            "(Reuse Interval) and this variable to the same value, above the token timeout "
+            "(docs/operations.md)."
+        )
+    return notes
 
 
 def main(argv: t.Sequence[str] | None = None) -> None:
@@ -147,8 +169,8 @@ def main(argv: t.Sequence[str] | None = None) -> None:
     serve.add_argument("--port", type=int, default=int(os.environ.get("BFF_PORT", "8000")))
     serve.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     serve.add_argument("--threads", type=int, default=8, help="threads per gthread worker")
-    serve.add_argument("--worker-class", choices=["gthread", "gevent"], default="gthread",
-                       help="gunicorn worker class (gevent needs the gevent package)")
+    serve.add_argument("--worker-class", choices=["gevent", "gthread"], default="gevent",
+                       help="gunicorn worker class (default gevent: idle and slow connections cost no thread)")
     serve.add_argument("--access-log", action="store_true", help="log each request's method and path")
     serve.set_defaults(handler=_serve)
 

@@ -42,6 +42,14 @@ def test_check_passes_with_a_reachable_issuer_and_store(stack: Stack) -> None:
     assert "configuration ok" in result.stdout
 
 
+def test_check_advises_a_rotation_overlap_above_the_token_timeout(stack: Stack) -> None:
+    without = run_cli("check", env=stack_env(stack))
+    assert "note: BFF_REFRESH_TOKEN_OVERLAP is 0s" in without.stdout
+    with_overlap = run_cli("check", env=stack_env(stack, BFF_REFRESH_TOKEN_OVERLAP="30"))
+    assert with_overlap.returncode == 0, with_overlap.stderr
+    assert "BFF_REFRESH_TOKEN_OVERLAP" not in with_overlap.stdout
+
+
 def test_check_names_each_unreachable_dependency(stack: Stack) -> None:
     dead = f"http://127.0.0.1:{free_port()}/"
     result = run_cli("check", env=stack_env(

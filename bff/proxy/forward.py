@@ -18,9 +18,12 @@ from __future__ import annotations
 import json
 import typing as t
 from dataclasses import dataclass
+from types import TracebackType
 from urllib.parse import urlsplit
 
 import urllib3
+from urllib3 import BaseHTTPResponse
+from urllib3.connectionpool import ConnectionPool
 from urllib3.exceptions import HTTPError, ReadTimeoutError
 from urllib3.util import Retry, Timeout
 
@@ -93,6 +96,25 @@ class UpstreamFailure:
     detail: str
 
 
+class _NoTimedOutRetry(Retry):
+    """One retry for a connection that failed before the request was answered (a stale keep-alive
+    connection, a refused connect), never for a read that timed out: the call's time budget is spent,
+    and repeating it would hold the worker for twice the timeout."""
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: BaseHTTPResponse | None = None,
+        error: Exception | None = None,
+        _pool: ConnectionPool | None = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> t.Self:
+        if isinstance(error, ReadTimeoutError):
+            raise error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
 class Forwarder:
     """A pooled client for ``BFF_MY_ACCOUNT_URL``; thread-safe, one per process."""
 
@@ -100,7 +122,7 @@ class Forwarder:
         base = urlsplit(settings.my_account_url)
         self._base_path = base.path.rstrip("/")
         self._absolute_base = settings.my_account_url.rstrip("/")
-        retries = Retry(total=1, connect=1, read=1, redirect=0, status=0, other=0, raise_on_status=False)
+        retries = _NoTimedOutRetry(total=1, connect=1, read=1, redirect=0, status=0, other=0, raise_on_status=False)
         self._pool = urllib3.connection_from_url(
             settings.my_account_url,
             maxsize=pool_size,

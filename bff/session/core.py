@@ -13,8 +13,9 @@ which knows the record format, the key names and the indexes, and nothing of HTT
 * :meth:`SessionCore.end` is the only way a session ends, whatever the reason (:class:`EndReason`):
   it revokes the refresh token where that is right, removes the index entries and deletes the
   record. A dead refresh token (``invalid_grant``) is not revoked: the IdP already refused it.
-* Token custody for the token manager: the per-session refresh lock and fenced writes of tokens,
-  so a rotated refresh token is never overwritten by a stale copy.
+* Token custody for the token manager: the per-session refresh lock, the durable mark of an attempt
+  in flight, and compare-and-set writes of tokens, so a rotated refresh token is never overwritten
+  by a stale copy nor lost to a failover.
 * Bound one-time transactions: login transactions live sealed in the browser (anonymous requests
   create no server-side state) and are consumed at most once; connect transactions live in the
   store, at most :data:`MAX_CONNECT_FLOWS` per session.

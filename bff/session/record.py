@@ -4,8 +4,8 @@ A session is one record in the store, keyed by a random 256-bit id (the cookie's
 field per concern, each written on its own so that concurrent requests never overwrite each other:
 
 * ``doc``  — the session document (JSON: user claims, lifetimes, device), written once at start;
-* ``rt``   — the sealed refresh token, written only under the session's refresh lock, fenced;
-* ``at:*`` — access tokens per scope set (format owned by the token manager), same lock;
+* ``rt``   — the sealed refresh token, replaced only by compare-and-set against the token redeemed;
+* ``at:*`` — access tokens per scope set (format owned by the token manager), in the same write;
 * ``ri``   — set while the refresh token is being presented to the IdP (when, as a timestamp), so an
   attempt whose outcome stayed unknown is recognised by whoever refreshes next;
 * ``seen`` — last activity, written at most once per touch interval.
