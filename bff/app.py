@@ -45,7 +45,7 @@ def create_app(
         if settings.session_store is None:
             raise ConfigError("BFF_SESSION_STORE", "is required but not set")
         try:
-            store = open_store(settings.session_store, clock=clock.now)
+            store = open_store(settings.session_store, prefix=settings.store_prefix, clock=clock.now)
         except ValueError as error:
             raise ConfigError("BFF_SESSION_STORE", str(error)) from error
     try:

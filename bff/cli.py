@@ -15,8 +15,11 @@ from .settings import ConfigError, Settings
 __all__ = ["main"]
 
 
-def _fail(message: str, code: int = 2) -> t.NoReturn:
-    print(f"bff: {message}", file=sys.stderr)
+def _fail(message: str | ConfigError, code: int = 2) -> t.NoReturn:
+    """Stop with one line per problem (every bad variable of a :class:`ConfigError`)."""
+    lines = message.lines() if isinstance(message, ConfigError) else [message]
+    for line in lines:
+        print(f"bff: {line}", file=sys.stderr)
     raise SystemExit(code)
 
 
@@ -38,7 +41,7 @@ def _serve(args: argparse.Namespace) -> None:
 
         create_app(settings)  # fail fast in the master, before any worker starts
     except ConfigError as error:
-        _fail(str(error))
+        _fail(error)
 
     options: dict[str, t.Any] = {
         "bind": f"{args.host}:{args.port}",
@@ -86,7 +89,7 @@ def _emulator(args: argparse.Namespace) -> None:
     try:
         run(args.host, args.port)
     except ConfigError as error:
-        _fail(str(error))
+        _fail(error)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -109,7 +112,7 @@ def _check(args: argparse.Namespace) -> None:
     try:
         settings = Settings.from_env()
     except ConfigError as error:
-        _fail(str(error), 1)
+        _fail(error, 1)
     from .clock import SystemClock
     from .errors import Problem
     from .oidc import Provider

@@ -1,33 +1,51 @@
 """Typed, frozen settings read from ``BFF_*`` environment variables and validated at startup.
 
-Every value is checked before the first request: a missing or malformed variable raises
-:class:`ConfigError`, whose message is one line naming the variable and what is wrong. Nothing
-falls back silently, because a BFF that guesses its issuer, origin or secrets is a BFF that
-leaks sessions.
+Every value is checked before the first request. Each field names its variable and its parser in
+its metadata, so the variable, its parsing and its default live in one place (the README's table is
+held against the fields by a test). Every bad variable is reported at once: :class:`ConfigError`
+carries one line per variable (``BFF_X: what is wrong``). Nothing falls back silently, because a BFF
+that guesses its issuer, origin or secrets is a BFF that leaks sessions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import typing as t
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-__all__ = ["DEFAULT_SCOPES", "ConfigError", "Settings"]
+__all__ = ["DEFAULT_SCOPES", "ConfigError", "Settings", "variables"]
 
 DEFAULT_SCOPES = "openid profile email offline_access"
 _LOOPBACK_NAMES = {"localhost"}
 _MIN_SECRET_LENGTH = 32
+_STORE_SCHEMES = ("redis", "rediss", "redis+sentinel", "redis+cluster", "rediss+cluster", "sqlite")
+_LOG_FORMATS = ("json", "text")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(ValueError):
-    """A configuration value is missing or malformed; ``str()`` is one line naming the variable."""
+    """Configuration values are missing or malformed.
 
-    def __init__(self, variable: str, problem: str) -> None:
+    ``str()`` is the first problem, one line naming its variable; :attr:`problems` holds every one
+    as ``(variable, problem)``, and :meth:`lines` one line per problem.
+    """
+
+    def __init__(self, variable: str, problem: str, *more: tuple[str, str]) -> None:
         super().__init__(f"{variable}: {problem}")
         self.variable = variable
         self.problem = problem
+        self.problems: tuple[tuple[str, str], ...] = ((variable, problem), *more)
+
+    def lines(self) -> list[str]:
+        return [f"{variable}: {problem}" for variable, problem in self.problems]
+
+    @classmethod
+    def of(cls, problems: t.Sequence[tuple[str, str]]) -> ConfigError:
+        return cls(problems[0][0], problems[0][1], *problems[1:])
 
 
 def _is_loopback(host: str) -> bool:
@@ -39,28 +57,78 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _url(variable: str, value: str, *, allow_path: bool) -> str:
-    """Validate an absolute http(s) URL; ``http`` is accepted for loopback hosts only."""
+def _url_problem(value: str, *, allow_path: bool) -> str | None:
+    """Why ``value`` is not an acceptable absolute http(s) URL; ``http`` only for loopback hosts."""
     parts = urlsplit(value)
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ConfigError(variable, f"must be an absolute https:// URL, got {value!r}")
+        return f"must be an absolute https:// URL, got {value!r}"
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        raise ConfigError(variable, "http:// is accepted only for loopback hosts; use https://")
+        return "http:// is accepted only for loopback hosts; use https://"
     if parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigError(variable, "must not contain a query, fragment or credentials")
+        return "must not contain a query, fragment or credentials"
     if not allow_path and parts.path not in ("", "/"):
-        raise ConfigError(variable, f"must be an origin without a path, got path {parts.path!r}")
-    return value
+        return f"must be an origin without a path, got path {parts.path!r}"
+    return None
 
 
-def _positive_number(variable: str, raw: str, kind: type[int] | type[float], *, zero: bool = False) -> t.Any:
-    try:
-        number = kind(raw)
-    except ValueError:
-        raise ConfigError(variable, f"must be a {kind.__name__}, got {raw!r}") from None
-    if number < 0 or (number == 0 and not zero):
-        raise ConfigError(variable, f"must be {'zero or more' if zero else 'greater than zero'}, got {raw!r}")
-    return number
+# Parsers: text from the environment -> value, or ValueError with the message to show -------------
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _number(kind: type[int] | type[float], *, zero: bool = False) -> t.Callable[[str], t.Any]:
+    def parse(raw: str) -> t.Any:
+        try:
+            number = kind(raw)
+        except ValueError:
+            raise ValueError(f"must be a {kind.__name__}, got {raw!r}") from None
+        if number < 0 or (number == 0 and not zero):
+            raise ValueError(f"must be {'zero or more' if zero else 'greater than zero'}, got {raw!r}")
+        return number
+
+    return parse
+
+
+def _secrets(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _words(raw: str) -> tuple[str, ...]:
+    return tuple(raw.split())
+
+
+def _networks(raw: str) -> tuple[Network, ...]:
+    networks = []
+    for part in (item.strip() for item in raw.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an address or CIDR network") from None
+    return tuple(networks)
+
+
+def _choice(*choices: str) -> t.Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
+        return raw
+
+    return parse
+
+
+def _address(raw: str) -> str:
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be host:port, got {raw!r}")
+    return raw
+
+
+def _env(name: str, parse: t.Callable[[str], t.Any] = _text, *, required: bool = False) -> dict[str, t.Any]:
+    return {"env": name, "parse": parse, "required": required}
 
 
 @dataclass(frozen=True)
@@ -71,28 +139,40 @@ class Settings:
     are properties of this object so that there is exactly one place that computes them.
     """
 
-    issuer_url: str
-    client_id: str
-    client_secret: str = field(repr=False)
-    base_url: str
-    secret_keys: tuple[str, ...] = field(repr=False)
-    session_store: str | None = None
-    scopes: str = DEFAULT_SCOPES
-    audience: str | None = None
-    my_account_url: str = ""
-    my_account_audience: str = ""
-    proxy_routes: str | None = None
-    token_refresh_margin: int = 60
-    token_timeout: float = 10.0
-    upstream_connect_timeout: float = 3.0
-    upstream_read_timeout: float = 15.0
-    max_body_bytes: int = 64 * 1024
-    session_idle_timeout: int = 8 * 3600
-    session_lifetime: int = 7 * 24 * 3600
-    static_dir: str | None = None
-    step_up_scopes: tuple[str, ...] = ()
-    refresh_lock_lease: float = 30.0
-    refresh_token_overlap: int = 0
+    issuer_url: str = field(metadata=_env("BFF_ISSUER_URL", required=True))
+    client_id: str = field(metadata=_env("BFF_CLIENT_ID", required=True))
+    client_secret: str = field(repr=False, metadata=_env("BFF_CLIENT_SECRET", required=True))
+    base_url: str = field(metadata=_env("BFF_BASE_URL", required=True))
+    secret_keys: tuple[str, ...] = field(repr=False, metadata=_env("BFF_SECRET_KEY", _secrets, required=True))
+    session_store: str | None = field(default=None, metadata=_env("BFF_SESSION_STORE"))
+    store_prefix: str = field(default="bff:", metadata=_env("BFF_STORE_PREFIX"))
+    scopes: str = field(default=DEFAULT_SCOPES, metadata=_env("BFF_SCOPES"))
+    audience: str | None = field(default=None, metadata=_env("BFF_AUDIENCE"))
+    my_account_url: str = field(default="", metadata=_env("BFF_MY_ACCOUNT_URL"))
+    my_account_audience: str = field(default="", metadata=_env("BFF_MY_ACCOUNT_AUDIENCE"))
+    proxy_routes: str | None = field(default=None, metadata=_env("BFF_PROXY_ROUTES"))
+    token_refresh_margin: int = field(default=60, metadata=_env("BFF_TOKEN_REFRESH_MARGIN", _number(int)))
+    token_timeout: float = field(default=10.0, metadata=_env("BFF_TOKEN_TIMEOUT", _number(float)))
+    upstream_connect_timeout: float = field(
+        default=3.0, metadata=_env("BFF_UPSTREAM_CONNECT_TIMEOUT", _number(float))
+    )
+    upstream_read_timeout: float = field(default=15.0, metadata=_env("BFF_UPSTREAM_READ_TIMEOUT", _number(float)))
+    max_body_bytes: int = field(default=64 * 1024, metadata=_env("BFF_MAX_BODY_BYTES", _number(int)))
+    session_idle_timeout: int = field(default=8 * 3600, metadata=_env("BFF_SESSION_IDLE_TIMEOUT", _number(int)))
+    session_lifetime: int = field(default=7 * 24 * 3600, metadata=_env("BFF_SESSION_LIFETIME", _number(int)))
+    static_dir: str | None = field(default=None, metadata=_env("BFF_STATIC_DIR"))
+    step_up_scopes: tuple[str, ...] = field(default=(), metadata=_env("BFF_STEP_UP_SCOPES", _words))
+    refresh_lock_lease: float = field(default=30.0, metadata=_env("BFF_REFRESH_LOCK_LEASE", _number(float)))
+    refresh_token_overlap: int = field(
+        default=0, metadata=_env("BFF_REFRESH_TOKEN_OVERLAP", _number(int, zero=True))
+    )
+    log_format: str | None = field(default=None, metadata=_env("BFF_LOG_FORMAT", _choice(*_LOG_FORMATS)))
+    metrics_address: str | None = field(default=None, metadata=_env("BFF_METRICS_ADDRESS", _address))
+    trusted_proxies: tuple[Network, ...] = field(default=(), metadata=_env("BFF_TRUSTED_PROXIES", _networks))
+    rate_limit_session: str = field(default="600/minute", metadata=_env("BFF_RATE_LIMIT_SESSION"))
+    rate_limit_address: str = field(default="1200/minute", metadata=_env("BFF_RATE_LIMIT_ADDRESS"))
+    rate_limit_login: str = field(default="30/minute", metadata=_env("BFF_RATE_LIMIT_LOGIN"))
+    rate_limit_connect: str = field(default="10/minute", metadata=_env("BFF_RATE_LIMIT_CONNECT"))
 
     def __post_init__(self) -> None:
         # Normalise once so every consumer sees the same spelling.
@@ -106,45 +186,56 @@ class Settings:
             object.__setattr__(self, "my_account_audience", issuer + "me/")
         self.validate()
 
-    def validate(self) -> None:
-        """Check every value; raise :class:`ConfigError` naming the first bad variable."""
-        _url("BFF_ISSUER_URL", self.issuer_url, allow_path=True)
-        _url("BFF_BASE_URL", self.base_url, allow_path=False)
-        _url("BFF_MY_ACCOUNT_URL", self.my_account_url, allow_path=True)
-        if not self.client_id.strip():
-            raise ConfigError("BFF_CLIENT_ID", "must not be empty")
-        if not self.client_secret.strip():
-            raise ConfigError("BFF_CLIENT_SECRET", "must not be empty")
+    def problems(self) -> list[tuple[str, str]]:
+        """Every ``(variable, problem)`` of these values, in the order the documentation lists them."""
+        found: list[tuple[str, str]] = []
+
+        def check(variable: str, problem: str | None) -> None:
+            if problem is not None:
+                found.append((variable, problem))
+
+        check("BFF_ISSUER_URL", _url_problem(self.issuer_url, allow_path=True))
+        check("BFF_CLIENT_ID", None if self.client_id.strip() else "must not be empty")
+        check("BFF_CLIENT_SECRET", None if self.client_secret.strip() else "must not be empty")
+        check("BFF_BASE_URL", _url_problem(self.base_url, allow_path=False))
         if not self.secret_keys:
-            raise ConfigError("BFF_SECRET_KEY", "must hold at least one secret")
+            check("BFF_SECRET_KEY", "must hold at least one secret")
         for index, key in enumerate(self.secret_keys):
             if len(key) < _MIN_SECRET_LENGTH:
-                raise ConfigError(
-                    "BFF_SECRET_KEY",
-                    f"secret #{index + 1} is shorter than {_MIN_SECRET_LENGTH} characters",
-                )
-        if self.session_store is not None:
-            scheme = urlsplit(self.session_store).scheme
-            if scheme not in ("redis", "rediss", "redis+sentinel", "sqlite"):
-                raise ConfigError(
-                    "BFF_SESSION_STORE",
-                    "must start with redis://, rediss://, redis+sentinel:// or sqlite:///",
-                )
+                check("BFF_SECRET_KEY", f"secret #{index + 1} is shorter than {_MIN_SECRET_LENGTH} characters")
+                break
+        if self.session_store is not None and urlsplit(self.session_store).scheme not in _STORE_SCHEMES:
+            check("BFF_SESSION_STORE", "must start with " + ", ".join(f"{s}://" for s in _STORE_SCHEMES))
+        if not self.store_prefix or any(c in self.store_prefix for c in " {}\r\n"):
+            check("BFF_STORE_PREFIX", "must be non-empty, without spaces or braces")
         scopes = self.scopes.split()
         if "openid" not in scopes:
-            raise ConfigError("BFF_SCOPES", "must include openid")
-        if "offline_access" not in scopes:
-            raise ConfigError("BFF_SCOPES", "must include offline_access (the BFF needs a refresh token)")
+            check("BFF_SCOPES", "must include openid")
+        elif "offline_access" not in scopes:
+            check("BFF_SCOPES", "must include offline_access (the BFF needs a refresh token)")
+        check("BFF_MY_ACCOUNT_URL", _url_problem(self.my_account_url, allow_path=True))
         if self.session_lifetime < self.session_idle_timeout:
-            raise ConfigError(
-                "BFF_SESSION_LIFETIME", "must not be shorter than BFF_SESSION_IDLE_TIMEOUT"
-            )
-        if self.refresh_token_overlap < 0:
-            raise ConfigError("BFF_REFRESH_TOKEN_OVERLAP", "must be zero or more seconds")
+            check("BFF_SESSION_LIFETIME", "must not be shorter than BFF_SESSION_IDLE_TIMEOUT")
         if self.refresh_lock_lease <= self.token_timeout:
-            raise ConfigError(
-                "BFF_REFRESH_LOCK_LEASE", "must be longer than BFF_TOKEN_TIMEOUT (the slowest exchange)"
-            )
+            check("BFF_REFRESH_LOCK_LEASE", "must be longer than BFF_TOKEN_TIMEOUT (the slowest exchange)")
+        if self.refresh_token_overlap < 0:
+            check("BFF_REFRESH_TOKEN_OVERLAP", "must be zero or more seconds")
+        if self.log_format is not None and self.log_format not in _LOG_FORMATS:
+            check("BFF_LOG_FORMAT", f"must be one of {', '.join(_LOG_FORMATS)}")
+        for variable, value in (
+            ("BFF_RATE_LIMIT_SESSION", self.rate_limit_session),
+            ("BFF_RATE_LIMIT_ADDRESS", self.rate_limit_address),
+            ("BFF_RATE_LIMIT_LOGIN", self.rate_limit_login),
+            ("BFF_RATE_LIMIT_CONNECT", self.rate_limit_connect),
+        ):
+            check(variable, _rate_problem(value))
+        return found
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming every bad variable."""
+        found = self.problems()
+        if found:
+            raise ConfigError.of(found)
 
     # Derived values -------------------------------------------------------------------------
 
@@ -196,64 +287,36 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: t.Mapping[str, str] | None = None) -> Settings:
-        """Read ``BFF_*`` variables; raise :class:`ConfigError` naming the first bad one."""
+        """Read ``BFF_*`` variables; raise :class:`ConfigError` naming every bad one."""
         env = os.environ if environ is None else environ
+        values: dict[str, t.Any] = {}
+        found: list[tuple[str, str]] = []
+        for spec in dataclasses.fields(cls):
+            name = spec.metadata["env"]
+            raw = env.get(name, "").strip()
+            if not raw:
+                if spec.metadata["required"]:
+                    found.append((name, "is required but not set"))
+                continue
+            try:
+                values[spec.name] = spec.metadata["parse"](raw)
+            except ValueError as error:
+                found.append((name, str(error)))
+        if found:
+            raise ConfigError.of(found)
+        return cls(**values)
 
-        def required(name: str) -> str:
-            value = env.get(name, "").strip()
-            if not value:
-                raise ConfigError(name, "is required but not set")
-            return value
 
-        def optional(name: str) -> str | None:
-            value = env.get(name, "").strip()
-            return value or None
+def variables() -> dict[str, dataclasses.Field[t.Any]]:
+    """Every ``BFF_*`` variable the settings read, with its field."""
+    return {spec.metadata["env"]: spec for spec in dataclasses.fields(Settings)}
 
-        def number(name: str, default: t.Any, kind: type[int] | type[float]) -> t.Any:
-            raw = optional(name)
-            return default if raw is None else _positive_number(name, raw, kind)
 
-        # Required variables are checked in the order the documentation lists them.
-        issuer_url = required("BFF_ISSUER_URL")
-        client_id = required("BFF_CLIENT_ID")
-        client_secret = required("BFF_CLIENT_SECRET")
-        base_url = required("BFF_BASE_URL")
-        secrets = tuple(part.strip() for part in required("BFF_SECRET_KEY").split(",") if part.strip())
-        step_up = optional("BFF_STEP_UP_SCOPES")
-        defaults = cls.__dataclass_fields__
-        return cls(
-            issuer_url=issuer_url,
-            client_id=client_id,
-            client_secret=client_secret,
-            base_url=base_url,
-            secret_keys=secrets,
-            session_store=optional("BFF_SESSION_STORE"),
-            scopes=optional("BFF_SCOPES") or DEFAULT_SCOPES,
-            audience=optional("BFF_AUDIENCE"),
-            my_account_url=optional("BFF_MY_ACCOUNT_URL") or "",
-            my_account_audience=optional("BFF_MY_ACCOUNT_AUDIENCE") or "",
-            proxy_routes=optional("BFF_PROXY_ROUTES"),
-            token_refresh_margin=number(
-                "BFF_TOKEN_REFRESH_MARGIN", defaults["token_refresh_margin"].default, int
-            ),
-            token_timeout=number("BFF_TOKEN_TIMEOUT", defaults["token_timeout"].default, float),
-            upstream_connect_timeout=number(
-                "BFF_UPSTREAM_CONNECT_TIMEOUT", defaults["upstream_connect_timeout"].default, float
-            ),
-            upstream_read_timeout=number(
-                "BFF_UPSTREAM_READ_TIMEOUT", defaults["upstream_read_timeout"].default, float
-            ),
-            max_body_bytes=number("BFF_MAX_BODY_BYTES", defaults["max_body_bytes"].default, int),
-            session_idle_timeout=number(
-                "BFF_SESSION_IDLE_TIMEOUT", defaults["session_idle_timeout"].default, int
-            ),
-            session_lifetime=number("BFF_SESSION_LIFETIME", defaults["session_lifetime"].default, int),
-            static_dir=optional("BFF_STATIC_DIR"),
-            step_up_scopes=tuple(step_up.split()) if step_up else (),
-            refresh_lock_lease=number(
-                "BFF_REFRESH_LOCK_LEASE", defaults["refresh_lock_lease"].default, float
-            ),
-            refresh_token_overlap=_positive_number(
-                "BFF_REFRESH_TOKEN_OVERLAP", optional("BFF_REFRESH_TOKEN_OVERLAP") or "0", int, zero=True
-            ),
-        )
+def _rate_problem(value: str) -> str | None:
+    """Why ``value`` is not a rate such as ``600/minute`` or ``10/second``; ``off`` disables a limit."""
+    if value == "off":
+        return None
+    amount, _, per = value.partition("/")
+    if not amount.isdigit() or int(amount) <= 0 or per not in ("second", "minute", "hour", "day"):
+        return f"must be a rate such as 600/minute (per second, minute, hour or day) or off, got {value!r}"
+    return None

@@ -60,10 +60,17 @@ def test_check_names_each_unreachable_dependency(stack: Stack) -> None:
     assert [line.split(":")[0] for line in lines] == ["BFF_ISSUER_URL", "BFF_SESSION_STORE", "BFF_PROXY_ROUTES"]
 
 
-def test_check_rejects_invalid_configuration_in_one_line() -> None:
-    result = run_cli("check", env={"BFF_CLIENT_ID": "x"})
+def test_check_reports_every_invalid_variable_at_once_one_line_each() -> None:
+    result = run_cli("check", env={"BFF_CLIENT_ID": "x", "BFF_TOKEN_TIMEOUT": "soon", "BFF_LOG_FORMAT": "xml"})
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == ["bff: BFF_ISSUER_URL: is required but not set"]
+    assert result.stderr.strip().splitlines() == [
+        "bff: BFF_ISSUER_URL: is required but not set",
+        "bff: BFF_CLIENT_SECRET: is required but not set",
+        "bff: BFF_BASE_URL: is required but not set",
+        "bff: BFF_SECRET_KEY: is required but not set",
+        "bff: BFF_TOKEN_TIMEOUT: must be a float, got 'soon'",
+        "bff: BFF_LOG_FORMAT: must be one of json, text, got 'xml'",
+    ]
 
 
 def stop(process: subprocess.Popen[str]) -> None:
