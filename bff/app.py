@@ -19,6 +19,7 @@ from .oidc import Provider
 from .proxy import views as proxy_views
 from .proxy.forward import Forwarder
 from .proxy.matching import RouteTable
+from .ratelimit import RateLimits
 from .security import SecretBox
 from .services import EXTENSION_KEY, Services
 from .session import SessionCore, SessionPolicy
@@ -85,6 +86,7 @@ def create_app(
         tokens=tokens,
         myaccount=MyAccountClient(tokens, Forwarder(settings)),
         routes=routes,
+        limits=RateLimits(settings, store, box.mac),
     )
 
     init_sessions(app, sessions, settings)

@@ -14,6 +14,7 @@ from .clock import Clock
 from .myaccount import MyAccountClient
 from .oidc import Provider
 from .proxy.matching import RouteTable
+from .ratelimit import RateLimits
 from .security import SecretBox
 from .session import SessionCore
 from .settings import Settings
@@ -38,6 +39,7 @@ class Services:
     tokens: TokenManager
     myaccount: MyAccountClient
     routes: RouteTable
+    limits: RateLimits
 
 
 def services() -> Services:

@@ -103,6 +103,7 @@ def login() -> BaseResponse:
     return_to = safe_return_to(request.args.get("returnTo"))
     svc = services()
     extra = _login_params(svc)
+    svc.limits.hit("login", request.remote_addr or "")
     authorization = svc.provider.authorization_request(extra)
     # The browser's current session, ended once the new one starts. The raw cookie, not a loaded
     # session: the login must not depend on the store, and an id that names nothing ends nothing.

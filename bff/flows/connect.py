@@ -224,6 +224,7 @@ def start() -> Response:
     session = require_session(svc.sessions)
     live = session.live
     assert live is not None
+    svc.limits.hit("connect", live.sid)
     wanted = parse_connect_request(parse_json(read_body(request, svc.settings.max_body_bytes)))
 
     state = secrets.token_urlsafe(32)

@@ -84,9 +84,11 @@ def proxy(rest: str = "") -> Response:
         check_framing(request, limit)
     elif request.content_length or request.headers.get("Transfer-Encoding"):
         raise Problem(ProblemKind.UNEXPECTED_BODY, "This call takes no request body.")
+    svc.limits.hit("address", request.remote_addr or "")
     session = require_session(svc.sessions)
     live = session.live
     assert live is not None
+    svc.limits.hit("session", live.sid)
     body: bytes | None = None
     if match.expects_body:
         body = read_body(request, limit)

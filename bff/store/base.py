@@ -132,6 +132,16 @@ class SessionStore(ABC):
     def index_remove(self, index: str, member: str) -> None:
         """Remove a member."""
 
+    # Counters -------------------------------------------------------------------------------
+
+    @abstractmethod
+    def incr(self, key: str, amount: int, window: float) -> int:
+        """Add ``amount`` to a counter that starts (at zero) with a ``window``-second life; its new value."""
+
+    @abstractmethod
+    def counter(self, key: str) -> tuple[int, float]:
+        """A counter's value and the seconds left in its window (``(0, 0.0)`` when it does not exist)."""
+
     # Operations -----------------------------------------------------------------------------
 
     @abstractmethod

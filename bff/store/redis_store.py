@@ -152,6 +152,9 @@ class RedisStore(SessionStore):
     def _l(self, lock: str) -> str:
         return f"{self._prefix}l:{lock}"
 
+    def _c(self, key: str) -> str:
+        return f"{self._prefix}c:{key}"
+
     def _i(self, index: str) -> str:
         return f"{self._prefix}i:{index}"
 
@@ -199,10 +202,11 @@ class RedisStore(SessionStore):
         """
         now = time.monotonic()
         if now - self._replicas_checked >= _REPLICA_RECHECK:
-            info = self._redis.info("replication")
+            info: t.Any = self._redis.info("replication")
             self._replicas = int(info.get("connected_slaves", 0))
             self._replicas_checked = now
-        if self._replicas and int(self._redis.wait(1, _WAIT_MS)) < 1:
+        acknowledged: t.Any = self._redis.wait(1, _WAIT_MS) if self._replicas else 1
+        if int(acknowledged) < 1:
             self._replicas_checked = -_REPLICA_RECHECK  # perhaps the replica left: read the count again
             raise StoreUnavailable("no replica acknowledged the write")
 
@@ -250,11 +254,27 @@ class RedisStore(SessionStore):
 
     @_guard
     def index_members(self, index: str) -> set[str]:
-        return {t.cast(bytes, member).decode() for member in self._redis.smembers(self._i(index))}
+        members: t.Any = self._redis.smembers(self._i(index))
+        return {t.cast(bytes, member).decode() for member in members}
 
     @_guard
     def index_remove(self, index: str, member: str) -> None:
         self._redis.srem(self._i(index), member)
+
+    @_guard
+    def incr(self, key: str, amount: int, window: float) -> int:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.incrby(self._c(key), amount)
+        pipe.pexpire(self._c(key), _ms(window), nx=True)
+        return int(pipe.execute()[0])
+
+    @_guard
+    def counter(self, key: str) -> tuple[int, float]:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.get(self._c(key))
+        pipe.pttl(self._c(key))
+        value, ttl = pipe.execute()
+        return (int(value), max(0.0, int(ttl) / 1000)) if value is not None else (0, 0.0)
 
     @_guard
     def ping(self) -> None:

@@ -268,6 +268,30 @@ class SqliteStore(SessionStore):
             db.execute("DELETE FROM idx WHERE name = ? AND member = ?", (index, member))
 
     @_guard
+    def incr(self, key: str, amount: int, window: float) -> int:
+        with self._tx() as db:
+            now = self._clock()
+            row = db.execute("SELECT value, expires_at FROM kv WHERE key = ?", ("c:" + key,)).fetchone()
+            if row is None or row[1] <= now:
+                count, expires_at = amount, now + window
+            else:
+                count, expires_at = int(bytes(row[0])) + amount, row[1]
+            db.execute(
+                "INSERT INTO kv (key, value, expires_at) VALUES (?, ?, ?) ON CONFLICT (key) "
+                "DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+                ("c:" + key, str(count).encode(), expires_at),
+            )
+            return count
+
+    @_guard
+    def counter(self, key: str) -> tuple[int, float]:
+        now = self._clock()
+        row = self._db().execute(
+            "SELECT value, expires_at FROM kv WHERE key = ? AND expires_at > ?", ("c:" + key, now)
+        ).fetchone()
+        return (int(bytes(row[0])), row[1] - now) if row is not None else (0, 0.0)
+
+    @_guard
     def ping(self) -> None:
         with self._tx() as db:
             db.execute("SELECT 1")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -13,27 +15,46 @@ import requests
 
 
 class BffProcess:
-    def __init__(self, port: int, env: t.Mapping[str, str], *, threads: int = 32) -> None:
+    """``bff serve`` with one gthread worker on ``port``; the constructor returns once ``/healthz`` answers.
+
+    ``log``: a file that takes the process's stderr (its log lines) instead of a pipe. Nobody drains the
+    pipe while the process runs, so a chatty process (a store outage logs every request) could fill it and
+    block on its next log line.
+    """
+
+    def __init__(
+        self, port: int, env: t.Mapping[str, str], *, threads: int = 32, log: pathlib.Path | None = None
+    ) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bff.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1", "--threads", str(threads)],
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        self.log = log
+        with log.open("ab") if log is not None else contextlib.nullcontext() as sink:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bff.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                 "--workers", "1", "--threads", str(threads)],
+                env={**os.environ, **env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE if sink is None else sink,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError("bff serve exited: " + self.process.stderr.read().decode()[-2000:])  # type: ignore[union-attr]
+                raise RuntimeError("bff serve exited: " + self.stderr_tail())
             try:
                 if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return
             except requests.RequestException:
                 time.sleep(0.1)
         raise RuntimeError("bff serve did not start")
+
+    def stderr_tail(self, chars: int = 2000) -> str:
+        """The end of what the process wrote to stderr (read from the pipe only once it has exited)."""
+        if self.log is not None:
+            return self.log.read_text(errors="replace")[-chars:]
+        if self.process.stderr is not None and self.process.poll() is not None:
+            return self.process.stderr.read().decode(errors="replace")[-chars:]
+        return ""
 
     def kill(self) -> None:
         """SIGKILL the whole process group: the master and its worker die mid-request."""
@@ -50,3 +71,4 @@ class BffProcess:
                 self.kill()
         if self.process.stderr is not None:
             self.process.stderr.close()
+
