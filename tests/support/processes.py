@@ -14,6 +14,10 @@ import typing as t
 import requests
 
 
+# Tests log in and call far more often than a person; a test about limits sets its own.
+_NO_RATE_LIMITS = {f"BFF_RATE_LIMIT_{kind}": "off" for kind in ("SESSION", "ADDRESS", "LOGIN", "CONNECT")}
+
+
 class BffProcess:
     """``bff serve`` with one gthread worker on ``port``; the constructor returns once ``/healthz`` answers.
 
@@ -32,7 +36,7 @@ class BffProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "bff.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                  "--workers", "1", "--threads", str(threads)],
-                env={**os.environ, **env},
+                env={**os.environ, **_NO_RATE_LIMITS, **env},
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE if sink is None else sink,
                 start_new_session=True,
