@@ -26,7 +26,7 @@ _cookie = os.environ.get("BENCH_COOKIE_NAME", "bff-session")
 @app.get("/me/v1/<path:rest>")
 def forward(rest: str) -> Response:
     sid = request.cookies.get(_cookie)
-    fields = _store.hgetall("bff:s:" + sid) if sid else None
+    fields = _store.hgetall("bff:s:{" + sid + "}") if sid else None
     if not fields:
         return Response(b'{"status":401}', status=401, content_type="application/json")
     upstream = _upstream.urlopen(

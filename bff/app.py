@@ -6,7 +6,7 @@ import typing as t
 
 from flask import Flask
 
-from . import security, spa
+from . import access, proxies, security, spa
 from .auth import backchannel as backchannel_views
 from .auth import sessions as sessions_views
 from .auth import views as auth_views
@@ -91,7 +91,9 @@ def create_app(
 
     init_sessions(app, sessions, settings)
     register_error_handlers(app)
+    access.init_app(app, box.mac)
     security.init_app(app)
+    proxies.init_app(app, settings.trusted_proxies)
     app.register_blueprint(health_blueprint)
     app.register_blueprint(auth_views.blueprint)
     app.register_blueprint(backchannel_views.blueprint)
@@ -108,8 +110,11 @@ def _revoker(provider: Provider, client: TokenClient) -> t.Callable[[str], bool]
 
     def revoke(refresh_token: str) -> bool:
         try:
-            return client.revoke(provider.revocation_endpoint(), refresh_token)
+            endpoint = provider.revocation_endpoint()
         except Problem:
             return False
+        if endpoint is None:
+            return True  # the provider offers no revocation (``bff check`` says so); nothing to do
+        return client.revoke(endpoint, refresh_token)
 
     return revoke

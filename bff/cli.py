@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import typing as t
 
-from .settings import ConfigError, Settings
+from .settings import ConfigError, Settings, variables
 
 __all__ = ["main"]
 
@@ -31,17 +33,44 @@ def _serve(args: argparse.Namespace) -> None:
     users would wait for. gunicorn's own HTTP parser keeps giving the raw request target (``RAW_URI``)
     that the proxy's allowlist judges.
     """
+    if args.worker_class == "gevent":
+        # Before anything imports ssl, sockets or threads: the workers inherit a patched world instead
+        # of patching over modules the master already loaded.
+        from gevent import monkey
+
+        monkey.patch_all()
     from gunicorn.app.base import BaseApplication
+
+    from . import logs, metrics
 
     try:
         settings = Settings.from_env()
         if settings.session_store is None:
             raise ConfigError("BFF_SESSION_STORE", "is required but not set")
+        if settings.metrics_address in (f"{args.host}:{args.port}", f"[{args.host}]:{args.port}"):
+            raise ConfigError("BFF_METRICS_ADDRESS", "must not be the public address (--host, --port)")
+        log_format = settings.log_format or "json"
+        logs.configure(log_format)
+        metrics_dir = None
+        if settings.metrics_address:
+            # Before the first metric exists and before any worker forks: every worker counts in files
+            # of its own here, and the listener in this (master) process adds them up.
+            try:
+                metrics_dir = tempfile.mkdtemp(prefix="bff-metrics-")
+            except OSError as error:
+                raise ConfigError("BFF_METRICS_ADDRESS", f"no writable temporary directory ({error})") from error
+            metrics.enable_multiprocess(metrics_dir)
         from .app import create_app
 
         create_app(settings)  # fail fast in the master, before any worker starts
     except ConfigError as error:
         _fail(error)
+    try:
+        listener = _metrics_listener(settings.metrics_address)
+    except SystemExit:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+        raise
 
     options: dict[str, t.Any] = {
         "bind": f"{args.host}:{args.port}",
@@ -51,12 +80,28 @@ def _serve(args: argparse.Namespace) -> None:
         "timeout": 60,
         "graceful_timeout": 20,
         "keepalive": 5,
-        # The path only: query strings (login codes, states) never reach the access log.
-        "accesslog": "-" if args.access_log else None,
-        "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms',
+        # gunicorn's error log in BFF_LOG_FORMAT, and no access log of its own: the BFF writes one access
+        # line per request itself, naming the route template (gunicorn's would repeat it, with the path).
+        "logger_class": logs.gunicorn_logger_class(log_format),
         "control_socket_disable": True,
         "proc_name": "bff",
+        # Only BFF_TRUSTED_PROXIES may set the scheme, and only with X-Forwarded-Proto (gunicorn's default
+        # trusts loopback and two more headers); no peer may set WSGI variables such as PATH_INFO.
+        "forwarded_allow_ips": ",".join(str(network) for network in settings.trusted_proxies),
+        "secure_scheme_headers": {"X-FORWARDED-PROTO": "https"},
+        "forwarder_headers": "",
     }
+
+    if listener is not None:
+        options["post_fork"] = lambda server, worker: listener.close_inherited()
+        options["child_exit"] = lambda server, worker: metrics.process_exited(worker.pid)
+
+        def on_exit(server: t.Any) -> None:
+            listener.close()
+            if metrics_dir is not None:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
+
+        options["on_exit"] = on_exit
 
     class _Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -70,6 +115,29 @@ def _serve(args: argparse.Namespace) -> None:
             return create_app(settings)
 
     _Server().run()
+
+
+def _metrics_listener(address: str | None) -> t.Any:
+    """``/metrics`` on ``address`` (``BFF_METRICS_ADDRESS``), or ``None``; one line and exit 2 if it cannot listen."""
+    if not address:
+        return None
+    from . import metrics
+
+    try:
+        return metrics.listen(address)
+    except OSError as error:
+        _fail(f"BFF_METRICS_ADDRESS: cannot listen on {address} ({error.strerror or error})")
+
+
+def _env_setting(variable: str) -> t.Any:
+    """One ``BFF_*`` variable parsed as the settings parse it (for ``demo``, which builds its own settings)."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return None
+    try:
+        return variables()[variable].metadata["parse"](raw)
+    except ValueError as error:
+        _fail(f"{variable}: {error}")
 
 
 def _emulator(args: argparse.Namespace) -> None:
@@ -101,8 +169,15 @@ def _demo(args: argparse.Namespace) -> None:
         if (error.name or "").partition(".")[0] not in {"webauthn", "pyotp", "cbor2"}:
             raise
         _fail("the emulator needs its extra: pip install 'bff[emulator]'")
+    import logging
+
+    from . import logs
     from .demo import run_demo
 
+    logs.configure(_env_setting("BFF_LOG_FORMAT") or "text")
+    # The BFF writes its own access lines; the demo's servers would repeat each request.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    _metrics_listener(_env_setting("BFF_METRICS_ADDRESS"))
     run_demo(host=args.host, port=args.port, emulator_port=args.emulator_port)
 
 
@@ -117,8 +192,10 @@ def _check(args: argparse.Namespace) -> None:
     from .errors import Problem
     from .oidc import Provider
 
+    skipped: list[str] = []
     try:
-        Provider(settings, SystemClock()).metadata()
+        provider = Provider(settings, SystemClock())
+        skipped = provider.skipped_features()
     except Problem as problem:
         problems.append(f"BFF_ISSUER_URL: {problem.detail}")
     if settings.session_store is None:
@@ -144,7 +221,7 @@ def _check(args: argparse.Namespace) -> None:
         print(problem_line, file=sys.stderr)
     if problems:
         raise SystemExit(1)
-    for note in _advice(settings):
+    for note in [*(f"the provider advertises {item}" for item in skipped), *_advice(settings)]:
         print(f"note: {note}")
     print("configuration ok")
 
@@ -174,7 +251,8 @@ def main(argv: t.Sequence[str] | None = None) -> None:
     serve.add_argument("--threads", type=int, default=8, help="threads per gthread worker")
     serve.add_argument("--worker-class", choices=["gevent", "gthread"], default="gevent",
                        help="gunicorn worker class (default gevent: idle and slow connections cost no thread)")
-    serve.add_argument("--access-log", action="store_true", help="log each request's method and path")
+    serve.add_argument("--access-log", action="store_true",
+                       help="accepted for compatibility: the BFF always writes one access line per request")
     serve.set_defaults(handler=_serve)
 
     emulator = commands.add_parser("emulator", help="run the local Auth0 emulator")

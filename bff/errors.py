@@ -25,6 +25,7 @@ import typing as t
 from flask import Flask, Response, json
 from werkzeug.exceptions import HTTPException
 
+from . import metrics
 from .store import StoreUnavailable
 
 __all__ = [
@@ -178,7 +179,11 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(StoreUnavailable)
     def _store(error: StoreUnavailable) -> Response:
-        log.warning("session store unavailable: %s", error)
+        # Only the failure's type: a store client's own message may name hosts or keys.
+        cause = type(error.__cause__ or error).__name__
+        log.warning("session store unavailable (%s)", cause,
+                    extra={"event": "store.error", "operation": "request", "error": cause})
+        metrics.store_error()
         return store_unavailable_problem().response()
 
     @app.errorhandler(HTTPException)
@@ -195,5 +200,5 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _bug(error: Exception) -> Response:
         # A bug: log it with its traceback server-side, tell the browser nothing about it.
-        log.exception("unhandled error", exc_info=error)
+        log.exception("unhandled error", exc_info=error, extra={"event": "error"})
         return problem_response(ProblemKind.INTERNAL_ERROR, "The BFF failed to handle this request.")

@@ -66,12 +66,14 @@ class Provider:
         with self._lock:
             if self._metadata is not None and self._clock.now() - self._metadata_at < _METADATA_TTL:
                 return self._metadata
-        url = self._settings.issuer_url + ".well-known/openid-configuration"
-        document = self._get_json(url, "discovery document")
-        if document.get("issuer") != self._settings.issuer_url:
+        document = self._get_json(self._settings.discovery_url, "discovery document")
+        issuer = document.get("issuer")
+        # Discovery requires the document's issuer to be the one it was fetched for; a trailing slash
+        # is the only difference tolerated (operators write Auth0's domain without it), and from here
+        # on the provider's exact spelling is the one tokens are checked against.
+        if not isinstance(issuer, str) or issuer.rstrip("/") != self._settings.issuer_base:
             raise _idp_misconfigured(
-                f"The discovery document names issuer {document.get('issuer')!r}, "
-                f"not BFF_ISSUER_URL {self._settings.issuer_url!r}."
+                f"The discovery document names issuer {issuer!r}, not BFF_ISSUER_URL {self._settings.issuer_url!r}."
             )
         with self._lock:
             self._metadata = document
@@ -84,10 +86,26 @@ class Provider:
             raise _idp_misconfigured(f"The discovery document has no {name}.")
         return value
 
-    def revocation_endpoint(self) -> str:
-        """Where refresh tokens are revoked: discovery's ``revocation_endpoint``, else Auth0's path."""
+    def issuer(self) -> str:
+        """The provider's issuer exactly as its discovery document spells it (what ``iss`` must equal)."""
+        return str(self.metadata()["issuer"])
+
+    def revocation_endpoint(self) -> str | None:
+        """Where refresh tokens are revoked, if the provider advertises it (RFC 7009)."""
         value = self.metadata().get("revocation_endpoint")
-        return value if isinstance(value, str) and value else self._settings.issuer_url + "oauth/revoke"
+        return value if isinstance(value, str) and value else None
+
+    def skipped_features(self) -> list[str]:
+        """What the BFF leaves out with this provider, because its discovery document does not offer it."""
+        metadata = self.metadata()
+        skipped = []
+        if not metadata.get("revocation_endpoint"):
+            skipped.append("no revocation_endpoint: refresh tokens are not revoked when a session ends")
+        if not metadata.get("end_session_endpoint"):
+            skipped.append("no end_session_endpoint: logout ends the BFF session, not the provider's")
+        if not metadata.get("backchannel_logout_supported"):
+            skipped.append("backchannel_logout_supported is not true: the provider will not send logout tokens")
+        return skipped
 
     def _get_json(self, url: str, what: str) -> dict[str, t.Any]:
         try:
@@ -128,8 +146,8 @@ class Provider:
             code_challenge_method="S256",
         )
         params = {key: value for key, value in extra.items() if key != "scope"}
-        if self._settings.audience and "audience" not in params:
-            params["audience"] = self._settings.audience
+        if self._settings.audience:
+            params[self._settings.resource_parameter] = self._settings.audience
         url, state = client.create_authorization_url(
             self.endpoint("authorization_endpoint"), code_verifier=code_verifier, nonce=nonce, **params
         )
@@ -141,7 +159,10 @@ class Provider:
         Security: the URL goes to the browser, so it carries ``client_id`` and the IdP session id as
         ``logout_hint`` (which Auth0 accepts), never the ID token as ``id_token_hint``.
         """
-        endpoint = self.metadata().get("end_session_endpoint") or self._settings.issuer_url + "oidc/logout"
+        endpoint = self.metadata().get("end_session_endpoint")
+        if not endpoint:
+            # The provider offers no RP-initiated logout: the BFF session is over; go home.
+            return self._settings.post_logout_redirect_uri
         params = {
             "client_id": self._settings.client_id,
             "post_logout_redirect_uri": self._settings.post_logout_redirect_uri,
@@ -173,7 +194,7 @@ class Provider:
             registry = JWTClaimsRegistry(
                 now=lambda: int(self._clock.now()),
                 leeway=_CLOCK_SKEW,
-                iss={"essential": True, "value": self._settings.issuer_url},
+                iss={"essential": True, "value": self.issuer()},
                 aud={"essential": True, "value": self._settings.client_id},
                 sub={"essential": True},
                 exp={"essential": True},

@@ -25,6 +25,7 @@ from limits import RateLimitItem, parse
 from limits.storage import Storage
 from limits.strategies import FixedWindowRateLimiter
 
+from . import metrics
 from .errors import Problem, ProblemKind
 from .settings import Settings
 from .store import SessionStore, StoreUnavailable
@@ -104,6 +105,7 @@ class RateLimits:
             return
         retry = max(1, math.ceil(reset_at - time.time()))
         log.info("rate limited", extra={"event": "ratelimit.refused", "limit": kind})
+        metrics.rate_limited(kind)
         raise Problem(
             ProblemKind.RATE_LIMITED,
             f"Too many requests ({item}); retry in {retry} s.",

@@ -148,6 +148,9 @@ class Settings:
     store_prefix: str = field(default="bff:", metadata=_env("BFF_STORE_PREFIX"))
     scopes: str = field(default=DEFAULT_SCOPES, metadata=_env("BFF_SCOPES"))
     audience: str | None = field(default=None, metadata=_env("BFF_AUDIENCE"))
+    resource_parameter: str = field(
+        default="audience", metadata=_env("BFF_RESOURCE_PARAMETER", _choice("audience", "resource"))
+    )
     my_account_url: str = field(default="", metadata=_env("BFF_MY_ACCOUNT_URL"))
     my_account_audience: str = field(default="", metadata=_env("BFF_MY_ACCOUNT_AUDIENCE"))
     proxy_routes: str | None = field(default=None, metadata=_env("BFF_PROXY_ROUTES"))
@@ -175,15 +178,15 @@ class Settings:
     rate_limit_connect: str = field(default="10/minute", metadata=_env("BFF_RATE_LIMIT_CONNECT"))
 
     def __post_init__(self) -> None:
-        # Normalise once so every consumer sees the same spelling.
-        issuer = self.issuer_url if self.issuer_url.endswith("/") else self.issuer_url + "/"
-        object.__setattr__(self, "issuer_url", issuer)
+        # The issuer is kept as configured: providers differ on the trailing slash, and the provider's
+        # own spelling (from discovery) is what ID tokens carry. URLs derived from it are joined on the
+        # issuer without its trailing slash, so either spelling gives the same URLs.
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
         if not self.my_account_url:
-            object.__setattr__(self, "my_account_url", issuer + "me/v1")
+            object.__setattr__(self, "my_account_url", self.issuer_base + "/me/v1")
         object.__setattr__(self, "my_account_url", self.my_account_url.rstrip("/"))
         if not self.my_account_audience:
-            object.__setattr__(self, "my_account_audience", issuer + "me/")
+            object.__setattr__(self, "my_account_audience", self.issuer_base + "/me/")
         self.validate()
 
     def problems(self) -> list[tuple[str, str]]:
@@ -238,6 +241,16 @@ class Settings:
             raise ConfigError.of(found)
 
     # Derived values -------------------------------------------------------------------------
+
+    @property
+    def issuer_base(self) -> str:
+        """The issuer without a trailing slash: the base every derived URL is joined on."""
+        return self.issuer_url.rstrip("/")
+
+    @property
+    def discovery_url(self) -> str:
+        """OpenID Connect Discovery: the issuer, then ``/.well-known/openid-configuration``."""
+        return self.issuer_base + "/.well-known/openid-configuration"
 
     @property
     def secure_cookies(self) -> bool:

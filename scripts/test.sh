@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: creates .venv, installs the package with its test extras, installs the
-# system packages the tests drive (redis-server, chromium) when missing, then runs pytest.
+# system packages the tests drive (redis-server, chromium, nginx) when missing, then runs pytest.
 # Arguments are passed to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${missing[*]} with apt-get" >&2

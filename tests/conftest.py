@@ -77,7 +77,8 @@ def make_stack(redis_url: str, tmp_path: t.Any) -> t.Iterator[StackFactory]:
         bff_url = server.url(host)
         emulator = EmulatorServer(EmulatorConfig(CLIENT_ID, CLIENT_SECRET, bff_url))
         emulator.start()
-        store_url = redis_url if store == "redis" else f"sqlite:///{tmp_path}/sessions.db"
+        # "redis", "sqlite", or a store URL (a Redis Cluster's, say).
+        store_url = {"redis": redis_url, "sqlite": f"sqlite:///{tmp_path}/sessions.db"}.get(store, store)
         # Tests log in and call far more often than a person; a test about limits sets its own.
         overrides = {**{f"rate_limit_{kind}": "off" for kind in ("session", "address", "login", "connect")},
                      **overrides}
@@ -136,3 +137,16 @@ def redis_sentinel() -> t.Iterator[t.Any]:
     finally:
         sentinel.destroy()
         primary.destroy()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> t.Iterator[t.Any]:
+    """A private Redis Cluster (``RedisCluster``): three primaries with one replica each, 1 s node timeout."""
+    from tests.support.redis_server import RedisCluster
+
+    cluster = RedisCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()

@@ -68,7 +68,7 @@ def _only_record(stack: Stack) -> t.Any:
     client = _redis(stack)
     keys = [key.decode() for key in client.keys("bff:s:*")]
     assert len(keys) == 1, keys
-    record = stack.store.load(keys[0].removeprefix("bff:s:"))
+    record = stack.store.load(keys[0].removeprefix("bff:s:{").removesuffix("}"))
     assert record is not None
     return record
 

@@ -670,6 +670,85 @@ def test_latency_drops_the_request_of_a_client_that_gave_up(idp: Idp) -> None:
     assert idp.refresh(token).status_code == 200  # never processed, so the token was never rotated
 
 
+def _refresh_giving_up_after(idp: Idp, token: str, timeout: float) -> None:
+    """A refresh whose client hangs up after ``timeout`` seconds without an answer."""
+    with pytest.raises(requests.ReadTimeout):
+        requests.post(
+            idp.url + "/oauth/token",
+            data={"grant_type": "refresh_token", "refresh_token": token},
+            auth=(CLIENT_ID, CLIENT_SECRET),
+            timeout=timeout,
+        )
+
+
+def test_latency_can_process_the_request_of_a_client_that_gave_up(idp: Idp) -> None:
+    token = idp.login()["refresh_token"]
+    idp.state.reset_counters()
+    idp.state.token_latency(0.5, count=1, process_abandoned=True)
+    _refresh_giving_up_after(idp, token, 0.1)
+    reached = idp.state.wait_for_token_requests(abandoned=1)
+    assert (reached.dropped, reached.abandoned) == (0, 1)
+    # Processed: the token was rotated although its client never saw the answer; presenting it again is reuse.
+    assert idp.refresh(token).json()["error"] == "invalid_grant"
+    assert idp.state.reuse_detected(idp.state.family_of(token))
+
+
+def test_a_hang_holds_every_request_until_it_ends_then_processes_them(idp: Idp) -> None:
+    patient, impatient = idp.login()["refresh_token"], idp.login()["refresh_token"]
+    idp.state.reset_counters()
+    idp.state.token_hang(0.6)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(idp.refresh, patient)
+        _refresh_giving_up_after(idp, impatient, 0.1)
+        assert waiting.result().status_code == 200
+    assert idp.state.wait_for_token_requests(done=2, abandoned=1).dropped == 0
+    assert idp.state.counters()["token_calls"] == 2
+    assert idp.refresh(impatient).status_code == 400  # rotated during the hang: presenting it again is reuse
+    started = time.monotonic()
+    assert idp.refresh(idp.login()["refresh_token"]).status_code == 200  # after the hang: not held
+    assert time.monotonic() - started < 0.5
+
+
+def test_ending_a_hang_releases_the_requests_it_holds_at_once(idp: Idp) -> None:
+    token = idp.login()["refresh_token"]
+    idp.state.reset_counters()
+    idp.state.token_hang(30)
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(idp.refresh, token)
+        idp.state.wait_for_token_requests(received=1)
+        assert not held.done()
+        idp.state.end_token_hang()
+        assert held.result(timeout=5).status_code == 200
+
+
+def test_an_outage_answers_every_call_until_it_ends_and_counts_them(idp: Idp) -> None:
+    token = idp.login()["refresh_token"]
+    idp.state.reset_counters()
+    idp.state.fail_tokens_for(0.5, "temporarily_unavailable", 503)
+    statuses = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        response = idp.refresh(token)
+        statuses.append(response.status_code)
+        if response.status_code == 200:
+            break
+        assert response.json()["error"] == "temporarily_unavailable"
+        time.sleep(0.05)
+    assert statuses[-1] == 200 and set(statuses[:-1]) == {503} and len(statuses) >= 2
+    assert idp.state.counters()["faulted_token_calls"] == len(statuses) - 1
+
+
+def test_clearing_faults_ends_an_outage_and_a_hang(idp: Idp) -> None:
+    token = idp.login()["refresh_token"]
+    idp.state.fail_tokens_for(60)
+    idp.state.token_hang(60)
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(idp.refresh, token)
+        idp.state.wait_for_token_requests(received=1)
+        idp.state.clear_faults()
+        assert held.result(timeout=5).status_code == 200
+
+
 def test_counters_count_calls_by_grant_type_until_reset(idp: Idp) -> None:
     token = idp.login()["refresh_token"]
     idp.refresh(token)
@@ -719,3 +798,22 @@ def test_control_endpoints_turn_the_same_knobs_over_http(idp: Idp) -> None:
     assert idp.state.counters()["token_calls"] == 0
     user = requests.post(controls + "/users", json={"email": "dave@example.com", "password": "d"}, timeout=5)
     assert user.status_code == 201 and idp.state.user_by_email("dave@example.com") is not None
+
+
+def test_control_endpoints_turn_the_outage_and_hang_knobs_over_http(idp: Idp) -> None:
+    controls = idp.url + "/_emulator"
+    token = idp.login()["refresh_token"]
+    outage = {"error": "temporarily_unavailable", "seconds": 60}
+    assert requests.post(controls + "/faults", json=outage, timeout=5).status_code == 204
+    assert idp.refresh(token).status_code == 503
+    assert requests.delete(controls + "/faults", timeout=5).status_code == 204
+    assert requests.post(controls + "/hang", json={"seconds": 60}, timeout=5).status_code == 204
+    with ThreadPoolExecutor(1) as pool:
+        idp.state.reset_counters()
+        held = pool.submit(idp.refresh, token)
+        idp.state.wait_for_token_requests(received=1)
+        assert requests.delete(controls + "/hang", timeout=5).status_code == 204
+        assert held.result(timeout=5).status_code == 200
+    assert requests.post(controls + "/hang", json={"seconds": 0}, timeout=5).status_code == 400
+    latency = {"seconds": 0.01, "count": 1, "process_abandoned": True}
+    assert requests.post(controls + "/latency", json=latency, timeout=5).status_code == 204

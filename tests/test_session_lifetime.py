@@ -75,14 +75,14 @@ def test_sliding_writes_at_most_once_per_touch_interval(make_stack: StackFactory
     record = stack.store.load(sid)
     assert record is not None
     redis_client = redis.Redis.from_url(t.cast(str, stack.settings.session_store))
-    redis_client.pexpire(f"bff:s:{sid}", 5000)  # so that a renewal of the TTL shows
+    redis_client.pexpire(f"bff:s:{{{sid}}}", 5000)  # so that a renewal of the TTL shows
     clock.advance(61)
     before = stack.store.round_trips
     assert user_status(stack, http) == 200
     assert stack.store.round_trips - before == 2  # the load and one touch
     renewed = stack.store.load(sid)
     assert renewed is not None and float(renewed.fields["seen"]) > float(record.fields["seen"])
-    assert redis_client.pttl(f"bff:s:{sid}") > 600_000  # the idle timeout again, plus a grace period
+    assert redis_client.pttl(f"bff:s:{{{sid}}}") > 600_000  # the idle timeout again, plus a grace period
     redis_client.close()
 
 

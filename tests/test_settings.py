@@ -40,8 +40,18 @@ def test_a_complete_environment_gives_settings_with_derived_defaults() -> None:
     assert settings.redirect_uri == "https://app.example.com/bff/callback"
 
 
-def test_issuer_without_trailing_slash_is_normalised() -> None:
-    assert Settings.from_env(env(BFF_ISSUER_URL="https://t.auth0.com")).issuer_url == "https://t.auth0.com/"
+@pytest.mark.parametrize("issuer", ["https://t.auth0.com", "https://t.auth0.com/"])
+def test_urls_derived_from_the_issuer_are_the_same_with_or_without_its_trailing_slash(issuer: str) -> None:
+    settings = Settings.from_env(env(BFF_ISSUER_URL=issuer))
+    assert settings.issuer_url == issuer  # kept as configured: discovery decides the exact spelling
+    assert settings.discovery_url == "https://t.auth0.com/.well-known/openid-configuration"
+    assert settings.my_account_url == "https://t.auth0.com/me/v1"
+    assert settings.my_account_audience == "https://t.auth0.com/me/"
+
+
+def test_an_issuer_with_a_path_keeps_it() -> None:
+    settings = Settings.from_env(env(BFF_ISSUER_URL="https://op.example/realms/app"))
+    assert settings.discovery_url == "https://op.example/realms/app/.well-known/openid-configuration"
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """One contract, every store: what the session, token and flow layers rely on.
 
-The Redis backend runs the contract three ways: a plain ``redis://`` server, a TLS-only server
-(``rediss://``, certificate from a throwaway CA) and through Sentinel (``redis+sentinel://``).
+The Redis backend runs the contract four ways: a plain ``redis://`` server, a TLS-only server
+(``rediss://``, certificate from a throwaway CA), through Sentinel (``redis+sentinel://``) and on a
+Redis Cluster of three primaries with a replica each (``redis+cluster://``; more in ``test_cluster``).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from redis.sentinel import MasterNotFoundError
 
 from bff.errors import StoreUnavailable
 from bff.store import SessionStore, open_store
-from tests.support.redis_server import RedisServer, SentinelServer
+from tests.support.redis_server import RedisCluster, RedisServer, SentinelServer
 from tests.support.tls import make_ca
 
-STORES = ["redis", "redis-tls", "redis-sentinel", "sqlite"]
+STORES = ["redis", "redis-tls", "redis-sentinel", "redis-cluster", "sqlite"]
 
 
 def _store_url(kind: str, request: pytest.FixtureRequest, tmp_path: t.Any) -> str:
@@ -35,6 +36,11 @@ def _store_url(kind: str, request: pytest.FixtureRequest, tmp_path: t.Any) -> st
         sentinel: SentinelServer = request.getfixturevalue("redis_sentinel")
         sentinel.primary.flush()
         return sentinel.url
+    if kind == "redis-cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        cluster.heal()  # whole again, should a failover test have killed a node
+        cluster.flush()
+        return cluster.url
     return f"sqlite:///{tmp_path}/store.db"
 
 
@@ -178,6 +184,16 @@ def test_index_members_can_be_added_and_removed(store: SessionStore) -> None:
     assert store.index_members("sub:bob") == set()
 
 
+def test_counters_add_up_within_the_window_they_started_with(store: SessionStore) -> None:
+    assert store.counter("rl:a") == (0, 0.0)
+    assert store.incr("rl:a", 1, window=0.5) == 1
+    assert store.incr("rl:a", 2, window=60) == 3  # a later window does not extend the first
+    value, left = store.counter("rl:a")
+    assert value == 3 and 0 < left <= 0.5
+    time.sleep(0.7)
+    assert store.counter("rl:a") == (0, 0.0)
+
+
 def test_ping_succeeds_on_a_healthy_store(store: SessionStore) -> None:
     store.ping()
 
@@ -258,7 +274,7 @@ def test_tls_store_talks_to_the_server_its_ca_issued(redis_tls_server: RedisServ
     finally:
         store.close()
     with redis_tls_server.client() as client:
-        assert client.hget("bff:s:s1", "doc") == b"over-tls"
+        assert client.hget("bff:s:{s1}", "doc") == b"over-tls"
         assert client.config_get("port") == {"port": "0"}
 
 
@@ -297,8 +313,26 @@ def sentinel(replicated: Replicated) -> t.Iterator[SentinelServer]:
         server.destroy()
 
 
+def repeat_until_acknowledged(write: t.Callable[[], bool], timeout: float = 5.0) -> bool:
+    """What the token manager does with a guarded write that raised: repeat it for a while."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return write()
+        except StoreUnavailable:
+            assert time.monotonic() < deadline, "the write was never acknowledged"
+            time.sleep(0.05)
+
+
 def _replicate(primary: RedisServer) -> None:
+    """Wait until the replica has every write made so far.
+
+    WAIT counts the writes of its own connection only (a fresh one answers at once), so this
+    connection writes first: a write after all the others, which the replica can only have after them.
+    """
     with primary.client() as client:
+        client.set("replicated", b"1")
+        client.delete("replicated")
         assert client.wait(1, 2000) == 1, "the replica did not acknowledge the write"
 
 
@@ -337,7 +371,28 @@ def test_a_write_to_a_read_only_replica_raises_store_unavailable(replicated: Rep
     finally:
         store.close()
     with replicated.primary.client() as client:
-        assert client.hgetall("bff:s:s1") == {b"doc": b"a"}
+        assert client.hgetall("bff:s:{s1}") == {b"doc": b"a"}
+
+
+def test_a_guarded_write_returns_only_once_the_replica_has_it(replicated: Replicated) -> None:
+    store = open_store(replicated.primary.url)
+    try:
+        store.write("s1", {"rt": b"old"}, ttl=60)
+        replicated.replica.freeze()  # connected, but it acknowledges nothing
+        try:
+            began = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                store.update_cas("s1", {"rt": b"new"}, guard="rt", expected=b"old")
+            assert time.monotonic() - began >= 0.4, "the write did not wait for the replica"
+        finally:
+            replicated.replica.thaw()
+        # Repeating the write that raised is safe (and may raise again while the replica catches up);
+        # once it returns, the replica has it.
+        assert repeat_until_acknowledged(lambda: store.update_cas("s1", {"rt": b"new"}, guard="rt", expected=b"old"))
+    finally:
+        store.close()
+    with replicated.replica.client() as client:
+        assert client.hget("bff:s:{s1}", "rt") == b"new"
 
 
 @pytest.mark.slow
@@ -383,8 +438,8 @@ def test_sentinel_failover_answers_unavailable_then_follows_the_new_primary(
         store.close()
     assert replicated.replica.role() == "master"
     with replicated.replica.client() as client:
-        assert client.hgetall("bff:s:s1") == {b"doc": b"after"}
-        assert client.hgetall("bff:s:s2") == {b"doc": b"new"}
+        assert client.hgetall("bff:s:{s1}") == {b"doc": b"after"}
+        assert client.hgetall("bff:s:{s2}") == {b"doc": b"new"}
 
 
 @pytest.mark.slow
@@ -412,6 +467,6 @@ def test_after_a_planned_failover_writes_go_to_the_new_primary(
                 time.sleep(0.05)
         assert replicated.primary.role() == "master", "Sentinel already demoted the old primary"
         with replicated.replica.client() as client:
-            assert client.hget("bff:s:s1", "doc") == b"after", "the write went to the old primary"
+            assert client.hget("bff:s:{s1}", "doc") == b"after", "the write went to the old primary"
     finally:
         store.close()

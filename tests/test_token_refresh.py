@@ -147,9 +147,9 @@ def _kill_a_holding_the_lock(two_bffs: TwoBffs, sid: str) -> threading.Thread:
     hung.start()
     client = redis.Redis.from_url(two_bffs.redis_url)
     deadline = time.monotonic() + 5
-    while not client.exists(f"bff:l:refresh:{sid}") and time.monotonic() < deadline:
+    while not client.exists(f"bff:l:refresh:{{{sid}}}") and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert client.exists(f"bff:l:refresh:{sid}"), "process A never took the refresh lock"
+    assert client.exists(f"bff:l:refresh:{{{sid}}}"), "process A never took the refresh lock"
     client.close()
     idp.wait_for_token_requests(received=1)  # A's token request has reached the IdP and hangs there
     two_bffs.a.kill()  # ... and A dies holding the lock

@@ -45,6 +45,9 @@ _MAX_CLAIM_LENGTH = 512
 
 
 def _invalid(detail: str) -> Problem:
+    # Not the detail: it may quote the token's claims.
+    log.warning("back-channel logout refused: invalid logout token",
+                extra={"event": "backchannel_logout", "result": "invalid"})
     return Problem(ProblemKind.INVALID_LOGOUT_TOKEN, detail)
 
 
@@ -64,7 +67,7 @@ def validate_logout_token(svc: Services, token: str) -> dict[str, t.Any]:
     registry = JWTClaimsRegistry(
         now=lambda: int(now),
         leeway=_CLOCK_SKEW,
-        iss={"essential": True, "value": svc.settings.issuer_url},
+        iss={"essential": True, "value": svc.provider.issuer()},
         aud={"essential": True, "value": svc.settings.client_id},
         iat={"essential": True},
         exp={"essential": True},
@@ -119,7 +122,8 @@ def backchannel_logout() -> Response:
     if not svc.sessions.claim_once("logout-jti", f"{claims['iss']}|{claims['jti']}", MAX_TOKEN_AGE + 2 * _CLOCK_SKEW):
         raise _invalid("This logout token was already used.")
     ended = end_matching_sessions(svc, claims.get("sid"), claims.get("sub"))
-    log.info("back-channel logout ended %d session(s)", ended)
+    log.info("back-channel logout ended %d session(s)", ended,
+             extra={"event": "backchannel_logout", "result": "ok", "sessions_ended": ended})
     response = Response(status=200)
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -18,12 +18,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 from flask import Blueprint, Response, after_this_request, jsonify, redirect, request
 from werkzeug.wrappers import Response as BaseResponse
 
 from ..errors import Problem, ProblemKind
+from ..logs import session_tag
 from ..security import check_anti_forgery, safe_return_to
 from ..services import Services, services
 from ..session import (
@@ -39,6 +41,8 @@ from ..tokens.endpoint import TokenFailure
 
 __all__ = ["blueprint", "logout_tag"]
 
+log = logging.getLogger(__name__)
+
 blueprint = Blueprint("auth", __name__, url_prefix="/bff")
 
 _PROMPTS = {"login", "consent", "select_account", "none"}
@@ -48,6 +52,8 @@ _SID = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 def _login_failed(detail: str, kind: ProblemKind = ProblemKind.LOGIN_FAILED) -> Problem:
+    # The kind only: the detail may quote the provider's error_description, which came in a query string.
+    log.warning("login failed: %s", kind.slug, extra={"event": "login", "result": "failed", "problem": kind.slug})
     return Problem(kind, detail, login_url="/bff/login")
 
 
@@ -185,6 +191,8 @@ def callback() -> BaseResponse:
         previous_sid=previous,
     )
     session.adopt(live)
+    log.info("login", extra={"event": "login", "result": "ok", "session": session_tag(svc.box.mac, live.sid),
+                             "mfa": "mfa" in (claims.get("amr") or []), "replaced": previous is not None})
     response = redirect(transaction.return_to, code=302)
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -226,6 +234,7 @@ def _end_current(svc: Services, session: BffSession) -> str | None:
         return None
     svc.sessions.end(live, EndReason.LOGOUT)
     session.drop()
+    log.info("logout", extra={"event": "logout", "session": session_tag(svc.box.mac, live.sid)})
     return live.idp_sid
 
 

@@ -9,9 +9,11 @@ Control endpoints (JSON in, JSON out; bad input answers 400 ``{"error": ...}``):
 - ``GET /_emulator/clock``, ``POST /_emulator/clock`` ``{"advance": seconds}`` or ``{"set": timestamp}``
 - ``GET /_emulator/settings``, ``PATCH /_emulator/settings`` with :class:`~bff.emulator.state.TokenSettings`
   fields
-- ``POST /_emulator/faults`` ``{"error", "status"?, "count"?, "description"?}``, ``DELETE /_emulator/faults``
-  (drops faults and latency)
-- ``POST /_emulator/latency`` ``{"seconds", "count"?}``
+- ``POST /_emulator/faults`` ``{"error", "status"?, "count"?, "description"?}``, or with ``"seconds"`` instead
+  of ``"count"`` an outage of that many seconds (status 503 unless given); ``DELETE /_emulator/faults`` (drops
+  faults, outage, latency and hang)
+- ``POST /_emulator/latency`` ``{"seconds", "count"?, "process_abandoned"?}``
+- ``POST /_emulator/hang`` ``{"seconds", "process_abandoned"?}``, ``DELETE /_emulator/hang``
 - ``GET /_emulator/counters``, ``DELETE /_emulator/counters`` (reset)
 - ``POST /_emulator/families/lookup`` ``{"refresh_token"}`` (the token stays out of URLs and logs)
 - ``POST /_emulator/users`` ``{"email", "password", "name"?, "totp_secret"?}``
@@ -71,6 +73,11 @@ def _controls_blueprint(state: EmulatorState) -> Blueprint:
     @bp.post("/faults")
     def add_fault() -> tuple[str, int]:
         body = _body()
+        if "seconds" in body:
+            state.fail_tokens_for(
+                float(body["seconds"]), str(body["error"]), int(body.get("status", 503)), body.get("description")
+            )
+            return "", 204
         state.fail_next_token(
             str(body["error"]),
             int(body.get("status", 400)),
@@ -88,7 +95,22 @@ def _controls_blueprint(state: EmulatorState) -> Blueprint:
     def latency() -> tuple[str, int]:
         body = _body()
         count = body.get("count")
-        state.token_latency(float(body["seconds"]), None if count is None else int(count))
+        state.token_latency(
+            float(body["seconds"]),
+            None if count is None else int(count),
+            process_abandoned=bool(body.get("process_abandoned", False)),
+        )
+        return "", 204
+
+    @bp.post("/hang")
+    def hang() -> tuple[str, int]:
+        body = _body()
+        state.token_hang(float(body["seconds"]), process_abandoned=bool(body.get("process_abandoned", True)))
+        return "", 204
+
+    @bp.delete("/hang")
+    def end_hang() -> tuple[str, int]:
+        state.end_token_hang()
         return "", 204
 
     @bp.get("/counters")

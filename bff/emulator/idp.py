@@ -32,7 +32,6 @@ import re
 import secrets
 import select
 import socket
-import time
 import typing as t
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -728,26 +727,28 @@ class IdentityProvider:
         return _Grant(user.sub, audience, scope, id_claims, new_token)
 
     def token(self) -> Response:
-        """``/oauth/token``: injected latency (and the drop of a request whose client hung up), then the grant.
+        """``/oauth/token``: injected holds (latency, a hang), then the grant.
 
+        A request whose client hung up while it was held is dropped unprocessed, unless the hold says to
+        process it anyway (an IdP that catches up after a stall: the outcome exists, its client never saw it).
         The state hears when the request has arrived and when it is over, so tests can wait for either
         moment (:meth:`~bff.emulator.state.EmulatorState.wait_for_token_requests`).
         """
         params = self.token_params()
         self.state.token_request_received()
-        dropped = False
+        dropped = abandoned = False
         try:
-            delay = self.state.next_token_latency()
-            if delay:
-                time.sleep(delay)
-                if client_disconnected(request.environ):
+            hold = self.state.hold_token_request()
+            if hold.held and client_disconnected(request.environ):
+                if not hold.process_abandoned:
                     dropped = True
                     # Nobody is listening; 499 is nginx's "client closed request" and only shows in logs.
                     return Response(status=499)
+                abandoned = True
             return self.answer_token(params)
         finally:
             # However the request ends, also by an unexpected error: a test waiting for it never hangs.
-            self.state.token_request_done(dropped=dropped)
+            self.state.token_request_done(dropped=dropped, abandoned=abandoned)
 
     def answer_token(self, params: dict[str, str]) -> Response:
         """The token endpoint's answer once the request is processed: injected fault, client check, grant."""

@@ -7,7 +7,9 @@ anyone who can reach it, which is why :class:`~bff.emulator.server.EmulatorServe
 One :class:`EmulatorState` holds one tenant with one application (the BFF): users, the RS256 signing key,
 SSO sessions, authorization codes, refresh-token families, run-time token settings, injected faults,
 counters and the record of back-channel logout deliveries. Every mutation happens under ``state.lock``;
-time is read only through :class:`Clock`, so tests move it instead of sleeping.
+protocol time is read only through :class:`Clock`, so tests move it instead of sleeping. Injected holds
+(latency, a hang) and time-window faults run on real monotonic time: they model an IdP that is slow or
+down *now*, for the clients waiting on it.
 
 The protocol rules that use this state (what ``/authorize`` and ``/oauth/token`` decide) live in
 :mod:`bff.emulator.idp`.
@@ -55,6 +57,7 @@ __all__ = [
     "RefreshTokenRecord",
     "SsoSession",
     "TokenFault",
+    "TokenHold",
     "TokenRequests",
     "TokenSettings",
     "User",
@@ -350,12 +353,27 @@ class TokenRequests:
 
     ``received``: arrived in full at ``/oauth/token``, counted before any injected latency; ``done``: answered
     (whatever the answer) or dropped; ``dropped``: given up by their client during the latency and never
-    processed. Counts only: nothing of a request (no token, no secret) is kept.
+    processed; ``abandoned``: given up by their client while held, and processed all the same (a hang, or
+    latency with ``process_abandoned``), so their client never learnt the outcome. Counts only: nothing of a
+    request (no token, no secret) is kept.
     """
 
     received: int
     done: int
     dropped: int
+    abandoned: int = 0
+
+
+@dataclass(frozen=True)
+class TokenHold:
+    """How the token request arriving now was held before being processed.
+
+    ``held``: it waited (injected latency or a hang); ``process_abandoned``: it is processed even if its client
+    has gone meanwhile, instead of being dropped.
+    """
+
+    held: bool
+    process_abandoned: bool
 
 
 @dataclass(frozen=True)
@@ -410,13 +428,22 @@ class EmulatorState:
         self._faults: deque[TokenFault] = deque()
         self._latency = 0.0
         self._latency_remaining: int | None = None
+        self._latency_processes_abandoned = False
+        # A time-window fault (fail_tokens_for) and a hang (token_hang), both until a monotonic deadline.
+        self._window_fault: TokenFault | None = None
+        self._window_fault_until = 0.0
+        self._hang_until: float | None = None
+        self._hang_processes_abandoned = True
+        self._hang_changed = threading.Condition(self.lock)
         self._token_calls = 0
         self._token_calls_by_grant: dict[str, int] = {}
+        self._faulted_token_calls = 0
         self._dropped_token_calls = 0
         # Token requests' progress, for tests that wait on it (wait_for_token_requests) instead of sleeping.
         self._token_requests = threading.Condition(self.lock)
         self._received_token_requests = 0
         self._done_token_requests = 0
+        self._abandoned_token_requests = 0
 
         self.add_user("alice@example.com", "alice", name="Alice Example")
 
@@ -533,25 +560,91 @@ class EmulatorState:
         with self.lock:
             self._faults.extend([fault] * count)
 
-    def token_latency(self, seconds: float, count: int | None = None) -> None:
+    def fail_tokens_for(
+        self, seconds: float, error: str = "temporarily_unavailable", status: int = 503,
+        description: str | None = None,
+    ) -> None:
+        """An outage: every token call processed during the next ``seconds`` answers ``{error, ...}``.
+
+        Calls are counted as they are answered (``faulted_token_calls`` in :meth:`counters`), so a test
+        can tell how many its client sent during the outage. Faults queued by :meth:`fail_next_token` are
+        answered first. A new window replaces the previous one; :meth:`clear_faults` ends it early.
+        """
+        if seconds <= 0 or not 400 <= status <= 599:
+            raise ValueError("seconds must be > 0 and status an HTTP error status")
+        fault = TokenFault(error, status, description or f"Injected outage: {error}")
+        with self.lock:
+            self._window_fault = fault
+            self._window_fault_until = time.monotonic() + seconds
+
+    def token_latency(self, seconds: float, count: int | None = None, *, process_abandoned: bool = False) -> None:
         """Delay the next ``count`` token-endpoint calls (every call when ``None``) by ``seconds``.
 
-        The delay comes before the request is processed. A client that gives up and disconnects during it
-        has its request dropped unprocessed, as if the request had died in transit (see
-        :func:`bff.emulator.idp.client_disconnected`). ``token_latency(0)`` switches latency off.
+        The delay comes before the request is processed. By default a client that gives up and disconnects
+        during it has its request dropped unprocessed, as if the request had died in transit (see
+        :func:`bff.emulator.idp.client_disconnected`); with ``process_abandoned`` the request is processed
+        anyway, as a slow IdP does whose client timed out (the outcome exists, the client never saw it).
+        ``token_latency(0)`` switches latency off.
         """
         if seconds < 0 or (count is not None and count < 1):
             raise ValueError("seconds must be >= 0 and count >= 1")
         with self.lock:
             self._latency = seconds
             self._latency_remaining = count
+            self._latency_processes_abandoned = process_abandoned
+
+    def token_hang(self, seconds: float, *, process_abandoned: bool = True) -> None:
+        """Hang the token endpoint for ``seconds`` from now: every request that arrives meanwhile is held
+        until the hang ends, then processed, by default even if its client has given up meanwhile.
+
+        That is an IdP that stalls and then catches up: a refresh token presented during the hang is
+        rotated although its client saw only a timeout. Requests arriving after the hang are not held.
+        A new hang replaces the one in force; :meth:`end_token_hang` or :meth:`clear_faults` end it early
+        and release what it holds.
+        """
+        if seconds <= 0:
+            raise ValueError("seconds must be > 0")
+        with self._hang_changed:
+            self._hang_until = time.monotonic() + seconds
+            self._hang_processes_abandoned = process_abandoned
+            self._hang_changed.notify_all()
+
+    def end_token_hang(self) -> None:
+        """End the hang in force now; the requests it holds go on at once."""
+        with self._hang_changed:
+            self._hang_until = None
+            self._hang_changed.notify_all()
 
     def clear_faults(self) -> None:
-        """Drop pending faults and latency."""
+        """Drop pending faults, the outage window, latency and the hang (releasing what it holds)."""
         with self.lock:
             self._faults.clear()
+            self._window_fault = None
             self._latency = 0.0
             self._latency_remaining = None
+            self._latency_processes_abandoned = False
+        self.end_token_hang()
+
+    def hold_token_request(self) -> TokenHold:
+        """Hold the token request arriving now: while a hang lasts, then for its injected latency.
+
+        Called by the token endpoint before it processes a request; the hang is waited out on a condition,
+        so :meth:`end_token_hang` releases the request at once. A request is processed even if its client
+        has gone when any hold it went through says so.
+        """
+        held = process_abandoned = False
+        with self._hang_changed:
+            while self._hang_until is not None and (left := self._hang_until - time.monotonic()) > 0:
+                held = True
+                process_abandoned = process_abandoned or self._hang_processes_abandoned
+                self._hang_changed.wait(left)
+            latency_processes_abandoned = self._latency_processes_abandoned
+            delay = self.next_token_latency()
+        if delay:
+            time.sleep(delay)
+            held = True
+            process_abandoned = process_abandoned or latency_processes_abandoned
+        return TokenHold(held, process_abandoned)
 
     def next_token_latency(self) -> float:
         """The delay for the token call that is arriving now (0 for none); consumes one of ``count``."""
@@ -572,7 +665,15 @@ class EmulatorState:
             record = self.refresh_tokens.get(refresh_token) if refresh_token else None
             if record is not None:
                 record.family.token_calls += 1
-            return self._faults.popleft() if self._faults else None
+            fault = self._faults.popleft() if self._faults else None
+            if fault is None and self._window_fault is not None:
+                if time.monotonic() < self._window_fault_until:
+                    fault = self._window_fault
+                else:
+                    self._window_fault = None
+            if fault is not None:
+                self._faulted_token_calls += 1
+            return fault
 
     def token_request_received(self) -> None:
         """Note a request that arrived at the token endpoint, before its latency; wakes the waiters."""
@@ -580,27 +681,34 @@ class EmulatorState:
             self._received_token_requests += 1
             self._token_requests.notify_all()
 
-    def token_request_done(self, *, dropped: bool) -> None:
-        """Note a token request that was answered, or ``dropped`` unprocessed; wakes the waiters."""
+    def token_request_done(self, *, dropped: bool, abandoned: bool = False) -> None:
+        """Note a token request that was answered, or ``dropped`` unprocessed, or processed although
+        ``abandoned`` by its client; wakes the waiters."""
         with self._token_requests:
             self._done_token_requests += 1
             if dropped:
                 self._dropped_token_calls += 1
+            if abandoned:
+                self._abandoned_token_requests += 1
             self._token_requests.notify_all()
 
     # -- test controls: waiting on token requests --------------------------------------------------------
 
     def token_requests(self) -> TokenRequests:
-        """Token requests received, done and dropped since the last :meth:`reset_counters`."""
+        """Token requests received, done, dropped and abandoned since the last :meth:`reset_counters`."""
         with self.lock:
             return TokenRequests(
-                self._received_token_requests, self._done_token_requests, self._dropped_token_calls
+                self._received_token_requests,
+                self._done_token_requests,
+                self._dropped_token_calls,
+                self._abandoned_token_requests,
             )
 
     def wait_for_token_requests(
-        self, *, received: int = 0, done: int = 0, dropped: int = 0, timeout: float = 5.0
+        self, *, received: int = 0, done: int = 0, dropped: int = 0, abandoned: int = 0, timeout: float = 5.0
     ) -> TokenRequests:
-        """Block until at least ``received`` token requests arrived, ``done`` ended and ``dropped`` were dropped.
+        """Block until at least ``received`` token requests arrived, ``done`` ended, ``dropped`` were dropped
+        and ``abandoned`` were processed after their client had gone.
 
         Counts are since the last :meth:`reset_counters`. In-process tests use this to order an action after
         a moment at the emulator, e.g. kill a client once its token request is in flight
@@ -609,12 +717,13 @@ class EmulatorState:
         counts reached after ``timeout`` seconds, so a request that never came fails the test loudly instead
         of letting it pass without the race it was written for.
         """
-        wanted = TokenRequests(received, done, dropped)
+        wanted = TokenRequests(received, done, dropped, abandoned)
         with self._token_requests:
             reached = self._token_requests.wait_for(
                 lambda: self._received_token_requests >= received
                 and self._done_token_requests >= done
-                and self._dropped_token_calls >= dropped,
+                and self._dropped_token_calls >= dropped
+                and self._abandoned_token_requests >= abandoned,
                 timeout,
             )
             if not reached:
@@ -626,12 +735,14 @@ class EmulatorState:
     # -- test controls: counters -------------------------------------------------------------------------
 
     def counters(self) -> dict[str, t.Any]:
-        """Token-endpoint calls: total, by grant type, dropped, and per refresh-token family."""
+        """Token-endpoint calls: total, by grant type, dropped, answered with an injected fault
+        (``faulted_token_calls``), and per refresh-token family."""
         with self.lock:
             return {
                 "token_calls": self._token_calls,
                 "token_calls_by_grant_type": dict(self._token_calls_by_grant),
                 "dropped_token_calls": self._dropped_token_calls,
+                "faulted_token_calls": self._faulted_token_calls,
                 "families": {
                     f.id: {
                         "token_calls": f.token_calls,
@@ -648,8 +759,10 @@ class EmulatorState:
             self._token_calls = 0
             self._token_calls_by_grant.clear()
             self._dropped_token_calls = 0
+            self._faulted_token_calls = 0
             self._received_token_requests = 0
             self._done_token_requests = 0
+            self._abandoned_token_requests = 0
             for family in self.families.values():
                 family.token_calls = 0
 

@@ -16,6 +16,7 @@ call for features (cookies, redirects, hooks) a proxy must not use anyway.
 from __future__ import annotations
 
 import json
+import time
 import typing as t
 from dataclasses import dataclass
 from types import TracebackType
@@ -27,6 +28,7 @@ from urllib3.connectionpool import ConnectionPool
 from urllib3.exceptions import HTTPError, ReadTimeoutError
 from urllib3.util import Retry, Timeout
 
+from .. import access, tracing
 from ..settings import Settings
 
 __all__ = ["BFF_PREFIX", "Forwarder", "UpstreamFailure", "UpstreamResponse"]
@@ -142,24 +144,41 @@ class Forwarder:
     ) -> UpstreamResponse | UpstreamFailure:
         """Forward; ``path`` is the validated raw path under the API base, sent as is."""
         outgoing = {name: headers[name] for name in REQUEST_HEADERS if name in headers}
+        # The id this request is logged under (the client's only when it was a safe token), so the two
+        # sides' logs meet; none outside a request.
+        scope = access.current()
+        outgoing.pop("x-request-id", None)
+        if scope is not None:
+            outgoing["x-request-id"] = scope.request_id
         outgoing["authorization"] = "Bearer " + token
         target = self._base_path + path + ("?" + query if query else "")
-        try:
-            response = self._pool.urlopen(
-                method,
-                target,
-                body=body,
-                headers=outgoing,
-                redirect=False,
-                assert_same_host=False,
-                preload_content=True,
-            )
-        except ReadTimeoutError:
-            return UpstreamFailure(504, "upstream-timeout", "The My Account API did not answer in time.")
-        except HTTPError as error:
-            return UpstreamFailure(
-                502, "upstream-unavailable", f"The My Account API could not be reached ({type(error).__name__})."
-            )
+        route = (scope.route if scope is not None else None) or access.UNMATCHED
+        with tracing.span(f"My Account API {method}", client=True, **{"http.request.method": method,
+                                                                      "http.route": route}) as span:
+            tracing.inject(outgoing)
+            started = time.perf_counter()
+            try:
+                response = self._pool.urlopen(
+                    method,
+                    target,
+                    body=body,
+                    headers=outgoing,
+                    redirect=False,
+                    assert_same_host=False,
+                    preload_content=True,
+                )
+            except ReadTimeoutError:
+                access.upstream_call("timeout", time.perf_counter() - started)
+                span.set("error.type", "timeout")
+                return UpstreamFailure(504, "upstream-timeout", "The My Account API did not answer in time.")
+            except HTTPError as error:
+                access.upstream_call("unreachable", time.perf_counter() - started)
+                span.set("error.type", type(error).__name__)
+                return UpstreamFailure(
+                    502, "upstream-unavailable", f"The My Account API could not be reached ({type(error).__name__})."
+                )
+            access.upstream_call(str(response.status), time.perf_counter() - started)
+            span.set("http.response.status_code", response.status)
         passed: list[tuple[str, str]] = []
         for name, value in response.headers.items():
             lower = name.lower()

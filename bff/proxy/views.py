@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, request
 from werkzeug.routing import PathConverter
 
+from ..access import note_route
 from ..bodies import check_framing, parse_json, read_body
 from ..errors import Problem, ProblemKind
 from ..myaccount import call_problem
@@ -76,6 +77,7 @@ def proxy(rest: str = "") -> Response:
     match = svc.routes.match(request.method, path[len(BFF_PREFIX):], query)
     if isinstance(match, RouteRejection):
         _reject(match)
+    note_route(BFF_PREFIX + match.route.template)
     limit = svc.settings.max_body_bytes
     if match.expects_body:
         allowed = match.route.body_media_types or ("application/json",)

@@ -34,7 +34,9 @@ import threading
 import typing as t
 from dataclasses import asdict, dataclass
 
+from .. import metrics
 from ..clock import Clock
+from ..logs import session_tag
 from ..security import SecretBox
 from ..store import SessionStore
 from .heartbeat import Heartbeat
@@ -202,7 +204,8 @@ class SessionCore:
         self._store.index_add(sub_index(session.sub), sid, self._policy.lifetime)
         if session.idp_sid:
             self._store.index_add(idp_sid_index(session.idp_sid), sid, self._policy.lifetime)
-        log.info("session started", extra={"event": "session.start"})
+        metrics.session_started()
+        log.info("session started", extra={"event": "session.start", "session": self._tag(sid)})
         if previous_sid and previous_sid != sid:
             self.end_by_id(previous_sid, EndReason.REPLACED)
         return session
@@ -274,12 +277,16 @@ class SessionCore:
             sealed = (current or session).sealed_refresh_token
             opened = self._box.open(sealed) if sealed else None
             if opened is not None and not self._revoke(opened.decode()):
-                log.warning("refresh token could not be revoked", extra={"event": "session.revoke_failed"})
+                log.warning("refresh token could not be revoked",
+                            extra={"event": "session.revoke_failed", "session": self._tag(session.sid)})
         self._store.delete(session.sid)
         self._store.index_remove(sub_index(session.sub), session.sid)
         if session.idp_sid:
             self._store.index_remove(idp_sid_index(session.idp_sid), session.sid)
-        log.info("session ended: %s", reason.value, extra={"event": "session.end", "reason": reason.value})
+        metrics.session_ended(reason.value)
+        # Named by its own tag: the request that ends a session is not always that session's own.
+        log.info("session ended: %s", reason.value,
+                 extra={"event": "session.end", "reason": reason.value, "session": self._tag(session.sid)})
 
     def end_by_id(self, sid: str, reason: EndReason) -> bool:
         """End the session ``sid`` if it exists; returns whether it did."""
@@ -466,6 +473,9 @@ class SessionCore:
         return True
 
     # Internals --------------------------------------------------------------------------------
+
+    def _tag(self, sid: str) -> str:
+        return session_tag(self._box.mac, sid)
 
     def _expiry(self, session: LiveSession, now: float) -> EndReason | None:
         if session.expires_at <= now:

@@ -55,8 +55,12 @@ def idp_sid_index(idp_sid: str) -> str:
 
 
 def refresh_lock(sid: str) -> str:
-    """The lock that serialises every use of a session's refresh token, across processes and hosts."""
-    return f"refresh:{sid}"
+    """The lock that serialises every use of a session's refresh token, across processes and hosts.
+
+    The session id is the key's hash tag (in braces), as in the record's own key: on a Redis Cluster
+    the lock lives in the record's slot, so one shard holds everything a refresh touches.
+    """
+    return f"refresh:{{{sid}}}"
 
 
 def connect_key(state: str) -> str:
@@ -64,8 +68,8 @@ def connect_key(state: str) -> str:
 
 
 def connect_slot(sid: str, slot: int) -> str:
-    """One of the few slots a session's connect flows in progress may hold."""
-    return f"connect-slot:{sid}:{slot}"
+    """One of the few slots a session's connect flows in progress may hold (hash-tagged by the session id)."""
+    return f"connect-slot:{{{sid}}}:{slot}"
 
 
 def once_key(namespace: str, digest: str) -> str:

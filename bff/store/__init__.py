@@ -1,8 +1,9 @@
 """Session stores: pick a backend from ``BFF_SESSION_STORE``.
 
 ``redis://`` and ``rediss://`` (TLS) reach one Redis server, ``redis+sentinel://h:p[,h:p]/name``
-follows a Sentinel-managed primary across failovers, and ``sqlite:///path`` is an embedded store
-for a single host (several processes on that host share it).
+follows a Sentinel-managed primary across failovers, ``redis+cluster://h:p[,h:p]`` and
+``rediss+cluster://`` (TLS) spread sessions over a Redis Cluster (a session's keys share one slot),
+and ``sqlite:///path`` is an embedded store for a single host (several processes on that host share it).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ def open_store(url: str, *, prefix: str = "bff:", clock: t.Callable[[], float] =
 
     ``clock`` is the time an embedded store expires entries by (Redis keeps its own time).
     """
+    if url.startswith(("redis+cluster://", "rediss+cluster://")):
+        from .redis_cluster_store import RedisClusterStore
+
+        return RedisClusterStore.from_url(url, prefix=prefix)
     if url.startswith(("redis://", "rediss://", "redis+sentinel://")):
         from .redis_store import RedisStore
 

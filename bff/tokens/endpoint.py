@@ -139,7 +139,8 @@ class TokenClient:
         """A refresh-token grant; with ``audience`` and ``scope`` it is an MRRT exchange."""
         params: dict[str, str] = {}
         if audience:
-            params["audience"] = audience
+            # Auth0 names the API ``audience``; standard providers take RFC 8707's ``resource``.
+            params[self._settings.resource_parameter] = audience
         if scope:
             params["scope"] = scope
         with self._session() as session:

@@ -52,6 +52,7 @@ import threading
 import typing as t
 from dataclasses import dataclass
 
+from .. import metrics, tracing
 from ..clock import Clock
 from ..security import SecretBox
 from ..session import EndReason, LiveSession, SessionCore
@@ -172,6 +173,18 @@ def jwt_audiences(token: str) -> list[str] | None:
     return None
 
 
+def _exchanged(result: str, took: float, waited: float, set_key: str) -> None:
+    """Report one refresh-token exchange: its result, how long the IdP took and how long the lock took."""
+    metrics.token_exchange(result)
+    log.log(
+        logging.INFO if result == "ok" else logging.WARNING,
+        "token exchange: %s",
+        result,
+        extra={"event": "token.exchange", "result": result, "duration_ms": round(took * 1000, 1),
+               "lock_wait_ms": round(waited * 1000, 1), "token_set": set_key},
+    )
+
+
 _FALLBACK_REASONS = frozenset(
     {RefusalReason.IDP_UNAVAILABLE, RefusalReason.IDP_ERROR, RefusalReason.BUSY, RefusalReason.STORE_UNAVAILABLE}
 )
@@ -214,6 +227,7 @@ class TokenManager:
         self._opened: dict[bytes, str] = {}
         self._unsaved: dict[str, _Unsaved] = {}
         self._unsaved_lock = threading.Lock()
+        self._unreleased: dict[str, str] = {}
 
     # Cache -----------------------------------------------------------------------------------
 
@@ -260,6 +274,8 @@ class TokenManager:
         """
         if self._unsaved:
             self._write_unsaved(session.sid)
+        if self._unreleased:
+            self._release_held(session.sid)
         set_key, request_scope = self._plan.set_for(scope)
         fallback = None
         if refused is None:
@@ -294,16 +310,26 @@ class TokenManager:
         blocked = self.breaker.blocked_for()
         if blocked is not None:
             return self._idp_down(blocked)
-        owner = self._wait_for_lock(session, set_key, scope, refused, fallback)
+        started = self._clock.monotonic()
+        with tracing.span("token.lock_wait"):
+            owner = self._wait_for_lock(session, set_key, scope, refused, fallback)
+        waited = self._clock.monotonic() - started
+        metrics.lock_waited(waited)
         if not isinstance(owner, str):
             return owner
         try:
-            return self._refresh_holding(session, owner, set_key, scope, request_scope, refused)
+            return self._refresh_holding(session, owner, set_key, scope, request_scope, refused, waited)
         finally:
             try:
                 self._sessions.release_refresh_lock(session.sid, owner)
             except StoreUnavailable:
-                log.warning("refresh lock not released (the store is unavailable); it expires with its lease")
+                # Released by the session's next request here once the store answers, rather than
+                # blocking the session for the rest of the lease.
+                with self._unsaved_lock:
+                    self._unreleased[session.sid] = owner
+                metrics.store_error()
+                log.warning("refresh lock not released (the store is unavailable); released later",
+                            extra={"event": "store.error", "operation": "release-refresh-lock"})
 
     def _wait_for_lock(
         self,
@@ -334,7 +360,8 @@ class TokenManager:
                 checked = now
                 self._sessions.break_dead_refresh_lock(session.sid)
             if now > deadline:
-                log.info("refresh lock wait gave up", extra={"event": "token.lock_wait", "waited": now - started})
+                log.info("refresh lock wait gave up",
+                         extra={"event": "token.lock_wait", "waited_ms": round((now - started) * 1000)})
                 return _busy("Another request is still refreshing this session's token; try again.")
         return owner
 
@@ -346,6 +373,7 @@ class TokenManager:
         scope: str,
         request_scope: str,
         refused: AccessToken | None,
+        waited: float,
     ) -> AccessToken | TokenRefusal:
         sid = session.sid
         # Reload after acquiring: the refresh token may have rotated while we waited.
@@ -374,17 +402,23 @@ class TokenManager:
             self.breaker.released()
             raise
         issued_at = self._clock.now()
-        result = self._client.refresh(
-            self._token_endpoint(),
-            refresh_token,
-            audience=self._settings.my_account_audience,
-            scope=request_scope,
-        )
+        began = self._clock.monotonic()
+        with tracing.span("token.exchange", token_set=set_key) as span:
+            result = self._client.refresh(
+                self._token_endpoint(),
+                refresh_token,
+                audience=self._settings.my_account_audience,
+                scope=request_scope,
+            )
+            span.set("result", result.kind if isinstance(result, TokenFailure) else "ok")
+        took = self._clock.monotonic() - began
         if isinstance(result, TokenFailure):
+            _exchanged(result.kind, took, waited, set_key)
             return self._failed(current, result, marked_here=unknown_since is None)
         self.breaker.succeeded()
         rotated = result.refresh_token if result.refresh_token and result.refresh_token != refresh_token else None
         mismatch = self._mismatch(result, scope)
+        _exchanged("ok" if mismatch is None else mismatch.reason.value.replace("-", "_"), took, waited, set_key)
         access = {} if mismatch is not None else {set_key: encode_access(self._box, result, issued_at)}
         # The rotated refresh token is saved even when the access token is unusable.
         saved = self._save(current, rotated, access)
@@ -407,6 +441,7 @@ class TokenManager:
                 if clock.monotonic() >= deadline:
                     with self._unsaved_lock:
                         self._unsaved[redeemed.sid] = _Unsaved(redeemed, rotated, access)
+                    metrics.store_error()
                     log.error("refresh result kept in memory: the store is unavailable",
                               extra={"event": "token.save_deferred"})
                     return TokenRefusal(RefusalReason.STORE_UNAVAILABLE,
@@ -421,6 +456,19 @@ class TokenManager:
         if self._sessions.reload(redeemed.sid) is None:
             return TokenRefusal(RefusalReason.SESSION_ENDED, "The session ended.")
         return _busy("The session changed during the refresh; try again.")
+
+    def _release_held(self, sid: str) -> None:
+        """Release a lock this process still holds because its release met a store outage."""
+        with self._unsaved_lock:
+            owner = self._unreleased.pop(sid, None)
+        if owner is None:
+            return
+        try:
+            self._sessions.release_refresh_lock(sid, owner)
+        except StoreUnavailable:
+            with self._unsaved_lock:
+                self._unreleased.setdefault(sid, owner)
+            raise
 
     def _write_unsaved(self, sid: str) -> None:
         """Write a result a store outage left in memory, before anything uses the session's tokens."""
@@ -502,7 +550,9 @@ class TokenManager:
             try:
                 self._sessions.abandon_refresh(session)
             except StoreUnavailable:
-                log.warning("refresh mark not cleared (the store is unavailable)")
+                metrics.store_error()
+                log.warning("refresh mark not cleared (the store is unavailable)",
+                            extra={"event": "store.error", "operation": "clear-refresh-mark"})
         if failure.kind == "step_up":
             return TokenRefusal(
                 RefusalReason.STEP_UP_REQUIRED,

@@ -125,7 +125,7 @@ class Spa:
 
 
 def store_keys(stack: Stack, pattern: str = "*") -> set[str]:
-    """Keys in the BFF's Redis (sessions are ``bff:s:<sid>``)."""
+    """Keys in the BFF's Redis (sessions are ``bff:s:{<sid>}``)."""
     import redis
 
     client = redis.Redis.from_url(str(stack.settings.session_store), decode_responses=True)
@@ -136,7 +136,7 @@ def store_keys(stack: Stack, pattern: str = "*") -> set[str]:
 
 
 def session_ids(stack: Stack) -> list[str]:
-    return sorted(key.removeprefix("bff:s:") for key in store_keys(stack, "bff:s:*"))
+    return sorted(key.removeprefix("bff:s:{").removesuffix("}") for key in store_keys(stack, "bff:s:*"))
 
 
 def b64url_of_b64(value: str) -> str:
