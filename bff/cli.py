@@ -196,6 +196,9 @@ def _check(args: argparse.Namespace) -> None:
     try:
         provider = Provider(settings, SystemClock())
         skipped = provider.skipped_features()
+        credentials = _client_authentication(settings, provider)
+        if credentials is not None:
+            problems.append(credentials)
     except Problem as problem:
         problems.append(f"BFF_ISSUER_URL: {problem.detail}")
     if settings.session_store is None:
@@ -224,6 +227,29 @@ def _check(args: argparse.Namespace) -> None:
     for note in [*(f"the provider advertises {item}" for item in skipped), *_advice(settings)]:
         print(f"note: {note}")
     print("configuration ok")
+
+
+def _client_authentication(settings: Settings, provider: t.Any) -> str | None:
+    """Whether the token endpoint accepts the BFF's client credentials; a problem line when it does not.
+
+    A refresh-token grant with a token that cannot exist: a provider that authenticates the client
+    first answers ``invalid_grant`` (credentials fine), ``invalid_client`` or ``unauthorized_client``
+    when they are wrong or the grant is not allowed. Nothing is created or changed at the provider.
+    """
+    from .clock import SystemClock
+    from .tokens.endpoint import TokenClient, TokenFailure
+
+    result = TokenClient(settings, SystemClock()).refresh(
+        provider.endpoint("token_endpoint"), "bff-check-no-such-token", audience=None, scope=None
+    )
+    if not isinstance(result, TokenFailure) or result.kind == "invalid_grant":
+        return None
+    if result.error in ("invalid_client", "unauthorized_client"):
+        return (f"BFF_CLIENT_SECRET: the token endpoint refused the client's credentials or grant "
+                f"({result.error}: {result.description})")
+    if result.kind in ("unavailable", "ambiguous", "server_error"):
+        return f"BFF_ISSUER_URL: the token endpoint is not answering well ({result.error})"
+    return None
 
 
 def _advice(settings: Settings) -> list[str]:

@@ -91,7 +91,7 @@ def make_stack(redis_url: str, tmp_path: t.Any) -> t.Iterator[StackFactory]:
             session_store=store_url,
             **overrides,
         )
-        session_store = open_store(store_url, clock=clock.now if clock else time.time)
+        session_store = open_store(store_url, prefix=settings.store_prefix, clock=clock.now if clock else time.time)
         app = create_app(settings, store=session_store, clock=clock)
         server.serve(app)
         started.append((server, emulator, session_store))

@@ -50,6 +50,14 @@ def test_check_advises_a_rotation_overlap_above_the_token_timeout(stack: Stack) 
     assert "BFF_REFRESH_TOKEN_OVERLAP" not in with_overlap.stdout
 
 
+def test_check_reports_client_credentials_the_token_endpoint_refuses(stack: Stack) -> None:
+    result = run_cli("check", env=stack_env(stack, BFF_CLIENT_SECRET="not-the-secret-0123456789"))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["BFF_CLIENT_SECRET"], lines
+    assert "invalid_client" in lines[0]
+
+
 def test_check_names_each_unreachable_dependency(stack: Stack) -> None:
     dead = f"http://127.0.0.1:{free_port()}/"
     result = run_cli("check", env=stack_env(

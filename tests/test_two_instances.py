@@ -45,3 +45,25 @@ def test_a_session_started_on_one_instance_is_used_refreshed_and_ended_on_the_ot
         assert stack.idp.family_revoked(stack.idp.family_of(rotated))
     finally:
         other.stop()
+
+
+def test_deployments_with_different_store_prefixes_share_one_redis_without_seeing_each_other(
+    make_stack: StackFactory,
+) -> None:
+    import redis
+
+    first = make_stack()
+    second = make_stack(store_prefix="other:")
+    http = first.logged_in()
+    sid = session_id(http)
+    # The same session cookie means nothing to the other deployment.
+    stranger = requests.Session()
+    stranger.cookies.set(first.settings.session_cookie_name, sid)
+    assert_problem(stranger.get(second.bff_url + "/bff/user"), 401, "not-authenticated")
+    assert second.logged_in().get(second.bff_url + "/bff/user").status_code == 200
+    client = redis.Redis.from_url(t.cast(str, first.settings.session_store))
+    names = {key.decode() for key in client.scan_iter()}
+    client.close()
+    assert any(name.startswith("bff:s:{") for name in names)
+    assert any(name.startswith("other:s:{") for name in names)
+    assert all(name.startswith(("bff:", "other:")) for name in names), names
