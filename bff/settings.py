@@ -164,6 +164,7 @@ class Settings:
     session_idle_timeout: int = field(default=8 * 3600, metadata=_env("BFF_SESSION_IDLE_TIMEOUT", _number(int)))
     session_lifetime: int = field(default=7 * 24 * 3600, metadata=_env("BFF_SESSION_LIFETIME", _number(int)))
     static_dir: str | None = field(default=None, metadata=_env("BFF_STATIC_DIR"))
+    content_security_policy: str | None = field(default=None, metadata=_env("BFF_CONTENT_SECURITY_POLICY"))
     step_up_scopes: tuple[str, ...] = field(default=(), metadata=_env("BFF_STEP_UP_SCOPES", _words))
     refresh_lock_lease: float = field(default=30.0, metadata=_env("BFF_REFRESH_LOCK_LEASE", _number(float)))
     refresh_token_overlap: int = field(

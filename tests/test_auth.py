@@ -11,17 +11,9 @@ import requests
 
 from tests.conftest import Stack, StackFactory
 from tests.support.browser import follow, login, submit_form
+from tests.support.problems import assert_error_page, assert_problem, assert_sent_back
 
-PROBLEM = "application/problem+json"
-
-
-def assert_problem(response: requests.Response, status: int, kind: str) -> dict[str, t.Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["type"] == f"urn:bff:problem:{kind}"
-    assert body["status"] == status and body["title"] and body["detail"]
-    return t.cast(dict[str, t.Any], body)
+__all__ = ["assert_problem"]  # other test modules take it from here
 
 
 def test_login_reaches_user_and_logout_ends_everything(stack: Stack) -> None:
@@ -93,8 +85,11 @@ def test_user_is_401_problem_when_not_logged_in(stack: Stack) -> None:
 def test_login_rejects_non_local_return_urls_before_anything_happens(stack: Stack, return_to: str) -> None:
     http = stack.browser()
     response = http.get(stack.bff_url + "/bff/login", params={"returnTo": return_to}, allow_redirects=False)
-    assert_problem(response, 400, "invalid-return-url")
+    assert_error_page(response, 400)  # a navigation, with nowhere safe to send the browser back to
     assert "Set-Cookie" not in response.headers
+    asked = http.get(stack.bff_url + "/bff/login", params={"returnTo": return_to},
+                     headers={"Accept": "application/json"}, allow_redirects=False)
+    assert_problem(asked, 400, "invalid-return-url")
     assert _redis(stack).keys("bff:k:login:*") == []
 
 
@@ -135,21 +130,24 @@ def test_idp_error_is_a_400_problem_and_keeps_the_existing_session(stack: Stack)
     http = stack.logged_in()
     started = http.get(stack.bff_url + "/bff/login", allow_redirects=False)
     state = parse_qs(urlsplit(started.headers["Location"]).query)["state"][0]
-    response = http.get(stack.bff_url + "/bff/callback", params={"error": "access_denied", "state": state})
-    body = assert_problem(response, 400, "login-failed")
-    assert "access_denied" in body["detail"]
+    response = http.get(stack.bff_url + "/bff/callback", params={"error": "access_denied", "state": state},
+                        allow_redirects=False)
+    query = assert_sent_back(response, "/", "access_denied")
+    assert "access_denied" in query["error_description"]
     assert http.get(stack.bff_url + "/bff/user").status_code == 200
 
 
 def test_callback_without_state_is_rejected(stack: Stack) -> None:
     http = stack.logged_in()
-    assert_problem(http.get(stack.bff_url + "/bff/callback", params={"code": "abc"}), 400, "login-failed")
+    missing = http.get(stack.bff_url + "/bff/callback", params={"code": "abc"}, allow_redirects=False)
+    assert_sent_back(missing, "/", "login_failed")
     assert http.get(stack.bff_url + "/bff/user").status_code == 200
 
 
 def test_callback_with_unknown_state_is_rejected(stack: Stack) -> None:
     http = stack.browser()
-    response = http.get(stack.bff_url + "/bff/callback", params={"code": "abc", "state": "forged"})
+    response = http.get(stack.bff_url + "/bff/callback", params={"code": "abc", "state": "forged"},
+                        headers={"Accept": "application/json"})
     assert_problem(response, 400, "login-failed")
 
 
@@ -158,7 +156,7 @@ def test_callback_delivered_to_another_browser_is_rejected(stack: Stack) -> None
     callback = _authorize_until_callback(attacker, stack)
     victim = stack.logged_in()
     response = victim.get(callback, allow_redirects=False)
-    assert_problem(response, 400, "login-failed")
+    assert_sent_back(response, "/", "login_failed")
     # The victim's own session is untouched and still theirs.
     assert victim.get(stack.bff_url + "/bff/user").json()["claims"]["email"] == "alice@example.com"
 
@@ -167,7 +165,7 @@ def test_replayed_callback_is_rejected_and_keeps_the_session(stack: Stack) -> No
     http = stack.browser()
     callback = _authorize_until_callback(http, stack)
     assert http.get(callback, allow_redirects=False).status_code == 302
-    assert_problem(http.get(callback, allow_redirects=False), 400, "login-failed")
+    assert_sent_back(http.get(callback, allow_redirects=False), "/", "login_failed")
     assert http.get(stack.bff_url + "/bff/user").status_code == 200
 
 
@@ -189,7 +187,7 @@ def test_logout_rejects_a_foreign_origin(stack: Stack) -> None:
 def test_logout_link_requires_the_sessions_sid(stack: Stack) -> None:
     http = stack.logged_in()
     forged = http.get(stack.bff_url + "/bff/logout", params={"sid": "guess"}, allow_redirects=False)
-    assert_problem(forged, 403, "csrf")
+    assert_error_page(forged, 403)
     link = http.get(stack.bff_url + "/bff/user").json()["logout_url"]
     response = http.get(stack.bff_url + link, allow_redirects=False)
     assert response.status_code == 302

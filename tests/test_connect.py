@@ -12,7 +12,7 @@ import requests
 from bff.emulator.myaccount_spec import INSUFFICIENT_SCOPE_CODE, error_body
 from tests.conftest import Stack
 from tests.support.browser import login, submit_form
-from tests.support.problems import assert_problem
+from tests.support.problems import assert_problem, assert_sent_back
 
 CONNECT_CALLS = "POST /connected-accounts/connect"
 
@@ -109,14 +109,14 @@ def test_denied_consent_redirects_with_access_denied_and_ends_the_flow(stack: St
     assert back.status_code == 302
     assert back.headers["Location"] == "/accounts?error=access_denied"
     assert accounts(http, stack) == []
-    assert_problem(cross_site_get(http, stack, callback), 400, "connect-failed")
+    assert_sent_back(cross_site_get(http, stack, callback), "/", "connect_failed")
 
 
 def test_replayed_callback_is_rejected(stack: Stack) -> None:
     http = stack.logged_in()
     callback = consent(http, started_url(http, stack))
     assert cross_site_get(http, stack, callback).status_code == 302
-    assert_problem(cross_site_get(http, stack, callback), 400, "connect-failed")
+    assert_sent_back(cross_site_get(http, stack, callback), "/", "connect_failed")
     assert len(accounts(http, stack)) == 1
 
 
@@ -124,9 +124,12 @@ def test_forged_or_missing_state_is_rejected(stack: Stack) -> None:
     http = stack.logged_in()
     consent(http, started_url(http, stack))
     url = stack.bff_url + "/bff/connect/callback"
-    assert_problem(http.get(url, params={"connect_code": "x", "state": "forged-state-value-000000"}), 400,
-                   "connect-failed")
-    assert_problem(http.get(url, params={"connect_code": "x"}), 400, "connect-failed")
+    forged = {"connect_code": "x", "state": "forged-state-value-000000"}
+    assert_sent_back(http.get(url, params=forged, allow_redirects=False), "/", "connect_failed")
+    assert_sent_back(http.get(url, params={"connect_code": "x"}, allow_redirects=False), "/", "connect_failed")
+    # A caller that asks for JSON gets the problem itself.
+    asked = http.get(url, params=forged, headers={"Accept": "application/json"}, allow_redirects=False)
+    assert_problem(asked, 400, "connect-failed")
 
 
 def test_callback_planted_in_another_browser_links_nothing_there(stack: Stack) -> None:
@@ -134,8 +137,8 @@ def test_callback_planted_in_another_browser_links_nothing_there(stack: Stack) -
     callback = consent(attacker, started_url(attacker, stack))
     victim = stack.logged_in()
 
-    assert_problem(victim.get(callback, allow_redirects=False), 400, "connect-failed")
-    assert_problem(cross_site_get(victim, stack, callback), 400, "connect-failed")
+    assert_sent_back(victim.get(callback, allow_redirects=False), "/", "connect_failed")
+    assert_sent_back(cross_site_get(victim, stack, callback), "/", "connect_failed")
 
     assert accounts(victim, stack) == []
     # The foreign attempts did not burn the flow: its owner still completes it.
@@ -146,7 +149,7 @@ def test_callback_for_a_session_that_was_replaced_is_rejected(stack: Stack) -> N
     http = stack.logged_in()
     callback = consent(http, started_url(http, stack))
     login(http, stack.bff_url)  # a new session in the same browser: the flow belonged to the old one
-    assert_problem(http.get(callback, allow_redirects=False), 400, "connect-failed")
+    assert_sent_back(http.get(callback, allow_redirects=False), "/", "connect_failed")
     assert accounts(http, stack) == []
 
 
@@ -168,7 +171,7 @@ def test_expired_flow_is_rejected(stack: Stack) -> None:
     while stack.store.get(flow) is not None:
         assert time.monotonic() < deadline, "the BFF kept the connect flow beyond the API's expires_in"
         time.sleep(0.01)
-    assert_problem(cross_site_get(http, stack, callback), 400, "connect-failed")
+    assert_sent_back(cross_site_get(http, stack, callback), "/", "connect_failed")
 
 
 def test_two_flows_started_in_parallel_both_complete(stack: Stack) -> None:

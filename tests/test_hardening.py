@@ -14,7 +14,7 @@ import requests
 
 from tests.conftest import Stack, StackFactory
 from tests.support.browser import follow, login, submit_form
-from tests.support.problems import assert_problem
+from tests.support.problems import assert_problem, assert_sent_back
 from tests.support.rawhttp import raw_request
 from tests.support.upstream import RecordingUpstream, Reply
 from tests.test_connect import consent, cross_site_get, start
@@ -89,7 +89,7 @@ def test_a_stranger_opening_the_callback_leaves_the_victims_login_able_to_finish
                              allow_redirects=False)
     else:
         probe = stranger.get(callback, allow_redirects=False)
-    assert_problem(probe, 400, "login-failed")
+    assert_sent_back(probe, "/", "login_failed")
 
     finished = victim.get(callback, allow_redirects=False)
     assert finished.status_code == 302, finished.text

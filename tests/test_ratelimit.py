@@ -9,7 +9,7 @@ import redis
 from bff import create_app
 from bff.store import open_store
 from tests.conftest import StackFactory
-from tests.support.problems import assert_problem
+from tests.support.problems import assert_problem, assert_sent_back
 from tests.support.servers import ThreadedServer
 
 READ = "/me/v1/authentication-methods"
@@ -36,8 +36,10 @@ def test_proxied_calls_are_limited_per_client_address(make_stack: StackFactory) 
 def test_login_starts_are_limited_per_client_address(make_stack: StackFactory) -> None:
     stack = make_stack(rate_limit_login="2/minute")
     http = stack.browser()
-    statuses = [http.get(stack.bff_url + "/bff/login", allow_redirects=False).status_code for _ in range(3)]
-    assert statuses == [302, 302, 429]
+    answers = [http.get(stack.bff_url + "/bff/login", params={"returnTo": "/here"}, allow_redirects=False)
+               for _ in range(3)]
+    assert [answer.status_code for answer in answers[:2]] == [302, 302]
+    assert_sent_back(answers[2], "/here", "too_many_requests")  # a navigation: back with the error
 
 
 def test_connect_starts_are_limited_per_session(make_stack: StackFactory) -> None:

@@ -24,8 +24,9 @@ import re
 from flask import Blueprint, Response, after_this_request, jsonify, redirect, request
 from werkzeug.wrappers import Response as BaseResponse
 
-from ..errors import Problem, ProblemKind
+from ..errors import Problem, ProblemKind, store_unavailable_problem
 from ..logs import session_tag
+from ..navigation import navigation_error, wants_json
 from ..security import check_anti_forgery, safe_return_to
 from ..services import Services, services
 from ..session import (
@@ -106,7 +107,18 @@ def _set_login_cookie(svc: Services, response: BaseResponse, value: str | None) 
 
 @blueprint.get("/login")
 def login() -> BaseResponse:
-    return_to = safe_return_to(request.args.get("returnTo"))
+    try:
+        return_to = safe_return_to(request.args.get("returnTo"))
+    except Problem as problem:
+        # Not a place to send anyone back to: a page that offers a fresh start.
+        return navigation_error(request, problem, return_to=None)
+    try:
+        return _login(return_to)
+    except Problem as problem:
+        return navigation_error(request, problem, return_to=return_to)
+
+
+def _login(return_to: str) -> BaseResponse:
     svc = services()
     extra = _login_params(svc)
     svc.limits.hit("login", request.remote_addr or "")
@@ -132,13 +144,22 @@ def login() -> BaseResponse:
 
 @blueprint.get("/callback")
 def callback() -> BaseResponse:
+    """Every failure goes back to the SPA: to the page the login started from once the transaction is
+    known, else to ``/``; with ``error`` and ``error_description`` (or the problem, if JSON is asked for)."""
     svc = services()
     args = request.args
     state = args.get("state", "")
     cookie = request.cookies.get(svc.settings.login_cookie_name)
-    if not _STATE.fullmatch(state) or not cookie:
-        raise _login_failed("This login was not started in this browser, or it expired.")
-    transaction, remaining = svc.sessions.take_login(cookie, state)
+    transaction, remaining = svc.sessions.find_login(cookie, state) if _STATE.fullmatch(state) else (None, cookie)
+    if transaction is None:
+        unknown = _login_failed("Unknown or expired login state, or a login this browser did not start.")
+        return navigation_error(request, unknown, return_to="/")
+    try:
+        if not svc.sessions.consume_login(transaction):
+            used = _login_failed("This login was already completed; log in again.")
+            return navigation_error(request, used, return_to="/")
+    except StoreUnavailable:
+        return navigation_error(request, store_unavailable_problem(), return_to=transaction.return_to)
     if remaining != cookie:
 
         @after_this_request
@@ -146,12 +167,21 @@ def callback() -> BaseResponse:
             _set_login_cookie(svc, response, remaining)
             return response
 
-    if transaction is None:
-        raise _login_failed("Unknown, expired or already used login state, or a login this browser did not start.")
     if "error" in args:
         error = str(args.get("error"))[:64]
         description = str(args.get("error_description", ""))[:200]
-        raise _login_failed(f"The identity provider answered {error}: {description}".rstrip(": "))
+        answered = _login_failed(f"The identity provider answered {error}: {description}".rstrip(": "))
+        return navigation_error(request, answered, return_to=transaction.return_to, upstream_error=error)
+    try:
+        return _finish_login(svc, transaction)
+    except Problem as problem:
+        return navigation_error(request, problem, return_to=transaction.return_to)
+    except StoreUnavailable:
+        return navigation_error(request, store_unavailable_problem(), return_to=transaction.return_to)
+
+
+def _finish_login(svc: Services, transaction: LoginTransaction) -> BaseResponse:
+    args = request.args
     code = args.get("code")
     if not code:
         raise _login_failed("The callback is missing its code.")
@@ -162,7 +192,7 @@ def callback() -> BaseResponse:
         redirect_uri=svc.settings.redirect_uri,
     )
     if isinstance(result, TokenFailure):
-        if result.kind == "unavailable":
+        if result.kind in ("unavailable", "ambiguous"):
             raise _login_failed("The token endpoint is not answering; try logging in again.",
                                 ProblemKind.IDP_UNAVAILABLE)
         if result.kind == "server_error":
@@ -253,8 +283,24 @@ def logout() -> Response:
 
 @blueprint.get("/logout")
 def logout_link() -> BaseResponse:
-    """Plain-link logout; requires the session's logout tag so it cannot be triggered cross-site."""
+    """Plain-link logout; requires the session's logout tag so it cannot be triggered cross-site.
+
+    A navigation: without a session it goes home (there is nothing to end), a foreign tag gets a page.
+    """
     svc = services()
+    try:
+        return _logout_link(svc)
+    except Problem as problem:
+        home = None if problem.kind is ProblemKind.CSRF else "/"
+        return navigation_error(request, problem, return_to=home, retry="/")
+    except StoreUnavailable:
+        return navigation_error(request, store_unavailable_problem(), return_to="/", retry="/")
+
+
+def _logout_link(svc: Services) -> BaseResponse:
+    if not current_session().authenticated and not current_session().unavailable and not wants_json(request):
+        # Nothing to end (already logged out, or the session expired): the link has done its job.
+        return redirect(svc.settings.post_logout_redirect_uri, code=302)
     session = require_session(svc.sessions)
     tag = request.args.get("sid", "")
     if not tag or not svc.box.verify_mac("logout:" + session.sid, tag):

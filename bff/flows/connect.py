@@ -54,13 +54,15 @@ from flask import Blueprint, Response, jsonify, redirect, request
 from werkzeug.wrappers import Response as BaseResponse
 
 from ..bodies import parse_json, read_body
-from ..errors import Problem, ProblemKind
+from ..errors import Problem, ProblemKind, store_unavailable_problem
 from ..myaccount import CallFailure, call_problem
+from ..navigation import navigation_error
 from ..proxy.forward import UpstreamResponse
 from ..security import check_anti_forgery, safe_return_to
 from ..services import Services, services
 from ..session import LiveSession, current_session, require_session
 from ..settings import Settings
+from ..store import StoreUnavailable
 from ..tokens.manager import TokenRefusal
 
 __all__ = ["AUTHORIZATION_PARAMS", "CONNECT_SCOPE", "blueprint", "connect_cookie_name"]
@@ -323,7 +325,18 @@ def _callback_error(problem: Problem) -> str:
 
 @blueprint.get("/connect/callback")
 def callback() -> BaseResponse:
+    """A navigation: a flow that cannot be matched to this browser sends it home (``/``) with an error,
+    or answers the problem to a caller that asks for JSON."""
     svc = services()
+    try:
+        return _complete(svc)
+    except Problem as problem:
+        return navigation_error(request, problem, return_to="/")
+    except StoreUnavailable:
+        return navigation_error(request, store_unavailable_problem(), return_to="/")
+
+
+def _complete(svc: Services) -> BaseResponse:
     args = request.args
     state = args.get("state", "")
     transaction = svc.sessions.peek_connect(state) if _STATE.fullmatch(state) else None

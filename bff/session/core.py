@@ -413,11 +413,11 @@ class SessionCore:
         now = self._clock.now()
         return [tx for tx in transactions if now - tx.created_at <= LOGIN_TRANSACTION_TTL]
 
-    def take_login(self, cookie: str | None, state: str) -> tuple[LoginTransaction | None, str | None]:
+    def find_login(self, cookie: str | None, state: str) -> tuple[LoginTransaction | None, str | None]:
         """``(transaction, the cookie's new value or None to delete it)`` for a callback's ``state``.
 
-        The transaction is consumed once across every process: a replayed callback finds it used.
-        A state this browser did not start consumes nothing.
+        Reads the browser's cookie only: a state this browser did not start finds nothing and consumes
+        nothing. The caller then consumes the transaction with :meth:`consume_login`.
         """
         pending = self.open_login(cookie)
         found = next((tx for tx in pending if secrets.compare_digest(tx.state, state)), None)
@@ -427,9 +427,11 @@ class SessionCore:
         remaining = (
             self._box.seal(json.dumps([asdict(tx) for tx in rest]).encode()).decode() if rest else None
         )
-        if not self.claim_once("login-used", state, LOGIN_TRANSACTION_TTL):
-            return None, remaining
         return found, remaining
+
+    def consume_login(self, transaction: LoginTransaction) -> bool:
+        """Use a login transaction once across every process: a replayed callback finds it used."""
+        return self.claim_once("login-used", transaction.state, LOGIN_TRANSACTION_TTL)
 
     def claim_once(self, namespace: str, value: str, ttl: float) -> bool:
         """``True`` for the first caller to claim ``value`` within ``ttl`` seconds, across processes
