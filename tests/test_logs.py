@@ -223,8 +223,9 @@ def test_a_failed_login_is_an_event_with_its_problem_and_without_the_providers_w
 ) -> None:
     http = stack.browser()
     response = http.get(stack.bff_url + "/bff/callback", params={"state": "s" * 30, "error": "access_denied",
-                                                               "error_description": "secret words"})
-    assert response.status_code == 400
+                                                               "error_description": "secret words"},
+                        allow_redirects=False)
+    assert response.status_code == 302  # a navigation: back home with the error
     event = captured.wait_for(lambda line: line["event"] == "login")
     assert event["result"] == "failed" and event["problem"] == "login-failed" and event["level"] == "warning"
     assert "secret words" not in captured.text and "access_denied" not in captured.text
