@@ -80,6 +80,10 @@ def _serve(args: argparse.Namespace) -> None:
         "timeout": 60,
         "graceful_timeout": 20,
         "keepalive": 5,
+        # Room for the proxy allowlist's long queries: gunicorn's largest bounded request line (default 4094;
+        # it cuts any larger value to 8190, and 0 lifts the bound). A longer line gets gunicorn's own 414, an
+        # HTML page: gunicorn writes that answer itself, so it cannot be a problem+json.
+        "limit_request_line": 8190,
         # gunicorn's error log in BFF_LOG_FORMAT, and no access log of its own: the BFF writes one access
         # line per request itself, naming the route template (gunicorn's would repeat it, with the path).
         "logger_class": logs.gunicorn_logger_class(log_format),
@@ -141,10 +145,11 @@ def _env_setting(variable: str) -> t.Any:
 
 
 def _emulator(args: argparse.Namespace) -> None:
-    """Run the local Auth0 emulator.
+    """Run the local Auth0 emulator, over HTTPS with ``--certfile`` (and ``--keyfile``).
 
     Its packages are the ``emulator`` extra, which a production install does not carry; without them the
-    command says in one line how to get them (exit 2) instead of ending in a traceback.
+    command says in one line how to get them (exit 2) instead of ending in a traceback. Missing ``BFF_*``
+    variables or unreadable certificate files also end in one line and exit 2.
     """
     try:
         from .emulator.server import run
@@ -154,10 +159,14 @@ def _emulator(args: argparse.Namespace) -> None:
             raise
         _fail("the emulator needs its extra: pip install 'bff[emulator]'")
 
+    if args.keyfile and not args.certfile:
+        _fail("--keyfile needs --certfile")
     try:
-        run(args.host, args.port)
+        run(args.host, args.port, certfile=args.certfile, keyfile=args.keyfile)
     except ConfigError as error:
         _fail(error)
+    except ValueError as error:
+        _fail(str(error))
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -284,6 +293,8 @@ def main(argv: t.Sequence[str] | None = None) -> None:
     emulator = commands.add_parser("emulator", help="run the local Auth0 emulator")
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=9000)
+    emulator.add_argument("--certfile", help="serve HTTPS with this PEM certificate (chain)")
+    emulator.add_argument("--keyfile", help="the certificate's PEM private key, unless it is in --certfile")
     emulator.set_defaults(handler=_emulator)
 
     demo = commands.add_parser("demo", help="run the emulator, the BFF and the demo SPA on loopback")

@@ -76,7 +76,8 @@ def test_logging_out_elsewhere_ends_the_bff_session_and_its_refresh_token(stack:
 def test_logout_at_the_identity_provider_page_ends_the_bff_session(stack: Stack) -> None:
     http = stack.logged_in()
     page = http.get(stack.emulator.url + "/oidc/logout", params={"client_id": CLIENT_ID}, timeout=10)
-    assert page.status_code == 200
+    # Without post_logout_redirect_uri, to the first Allowed Logout URL (oidc-logout.md): the BFF's root.
+    assert page.history[0].status_code == 302 and page.url == stack.bff_url + "/"
     assert stack.idp.wait_for_backchannel(1)[0].status_code == 200
     assert not is_logged_in(stack, http)
 

@@ -49,14 +49,19 @@ class Receiver:
 
 
 class Idp:
-    """A browser and a BFF talking to one emulator: PKCE login through the form, token calls."""
+    """A browser and a BFF talking to one emulator: PKCE login through the form, token calls.
 
-    def __init__(self, server: EmulatorServer) -> None:
+    ``verify`` is what both trust for HTTPS (a CA bundle's path for an emulator serving TLS).
+    """
+
+    def __init__(self, server: EmulatorServer, verify: str | bool = True) -> None:
         self.url = server.url
         self.state: EmulatorState = server.state
         self.redirect_uri = server.state.config.redirect_uri
+        self.verify = verify
         self.browser = requests.Session()
         self.browser.trust_env = False
+        self.browser.verify = verify
         self.verifier = ""
 
     def authorize(self, **params: str) -> requests.Response:
@@ -102,10 +107,14 @@ class Idp:
     def token(self, auth: str = "basic", **data: str) -> requests.Response:
         if auth == "basic":
             return requests.post(
-                self.url + "/oauth/token", data=data, auth=(CLIENT_ID, CLIENT_SECRET), timeout=5
+                self.url + "/oauth/token",
+                data=data,
+                auth=(CLIENT_ID, CLIENT_SECRET),
+                timeout=5,
+                verify=self.verify,
             )
         data = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, **data}
-        return requests.post(self.url + "/oauth/token", data=data, timeout=5)
+        return requests.post(self.url + "/oauth/token", data=data, timeout=5, verify=self.verify)
 
     def exchange(self, code: str) -> requests.Response:
         return self.token(
@@ -124,7 +133,8 @@ class Idp:
         return self.token(auth="post", grant_type="refresh_token", refresh_token=refresh_token, **data)
 
     def claims(self, token: str) -> dict[str, t.Any]:
-        keys = KeySet.import_key_set(requests.get(self.url + "/.well-known/jwks.json", timeout=5).json())
+        jwks = requests.get(self.url + "/.well-known/jwks.json", timeout=5, verify=self.verify).json()
+        keys = KeySet.import_key_set(jwks)
         return jwt.decode(token, keys, algorithms=["RS256"]).claims
 
 
@@ -359,7 +369,7 @@ def test_reusing_a_rotated_token_revokes_the_whole_family(idp: Idp) -> None:
     family = idp.state.family_of(first)
 
     reuse = idp.refresh(first)
-    assert reuse.status_code == 400 and reuse.json()["error"] == "invalid_grant"
+    assert reuse.status_code == 403 and reuse.json()["error"] == "invalid_grant"
     assert idp.state.family_revoked(family) and idp.state.reuse_detected(family)
     assert idp.refresh(second).json()["error"] == "invalid_grant"
 
@@ -411,7 +421,7 @@ def test_fifty_concurrent_uses_of_one_refresh_token_succeed_once_then_revoke(idp
     token = idp.login()["refresh_token"]
     with ThreadPoolExecutor(max_workers=50) as pool:
         statuses = list(pool.map(lambda _: idp.refresh(token).status_code, range(50)))
-    assert sorted(statuses) == [200] + [400] * 49
+    assert sorted(statuses) == [200] + [403] * 49
     family = idp.state.family_of(token)
     assert idp.state.family_revoked(family) and idp.state.token_calls(family) == 50
 
@@ -563,22 +573,24 @@ def test_revoke_invalidates_the_refresh_token_family(idp: Idp) -> None:
     assert idp.state.family_revoked(idp.state.family_of(first))
 
 
-def test_logout_redirects_only_to_urls_on_the_bff_origin(idp: Idp, receiver: Receiver) -> None:
+def test_logout_redirects_only_to_allowed_logout_urls(idp: Idp, receiver: Receiver) -> None:
     idp.login()
     for evil in (
         "https://evil.example/",
         receiver.url + "@evil.example/",
         "http://127.0.0.1:1/",
         receiver.url + "\\x",
+        receiver.url + "/bye",  # the BFF's origin, but not an Allowed Logout URL
+        receiver.url + "/?x=1",
     ):
         response = idp.browser.get(idp.url + "/oidc/logout", params={"post_logout_redirect_uri": evil})
         assert response.status_code == 400, evil
     ok = idp.browser.get(
         idp.url + "/oidc/logout",
-        params={"post_logout_redirect_uri": receiver.url + "/bye?x=1", "state": "s3", "client_id": CLIENT_ID},
+        params={"post_logout_redirect_uri": receiver.url + "/", "state": "s3", "client_id": CLIENT_ID},
         allow_redirects=False,
     )
-    assert ok.status_code == 302 and ok.headers["Location"] == receiver.url + "/bye?x=1&state=s3"
+    assert ok.status_code == 302 and ok.headers["Location"] == receiver.url + "/?state=s3"
 
 
 def test_logout_ends_the_sso_session_and_posts_a_backchannel_logout_token(
@@ -703,7 +715,7 @@ def test_a_hang_holds_every_request_until_it_ends_then_processes_them(idp: Idp) 
         assert waiting.result().status_code == 200
     assert idp.state.wait_for_token_requests(done=2, abandoned=1).dropped == 0
     assert idp.state.counters()["token_calls"] == 2
-    assert idp.refresh(impatient).status_code == 400  # rotated during the hang: presenting it again is reuse
+    assert idp.refresh(impatient).status_code == 403  # rotated during the hang: presenting it again is reuse
     started = time.monotonic()
     assert idp.refresh(idp.login()["refresh_token"]).status_code == 200  # after the hang: not held
     assert time.monotonic() - started < 0.5

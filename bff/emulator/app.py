@@ -1,8 +1,12 @@
-"""The emulator's Flask application: the IdP, its test controls and the My Account API.
+"""The emulator's Flask application: the IdP, its test controls, the demo inbox and the My Account API.
 
 Security first: the ``/_emulator`` control endpoints have no authentication (they exist so tests in other
-processes can turn the same knobs as :class:`~bff.emulator.state.EmulatorState`); serve this app on
-loopback only, as :class:`~bff.emulator.server.EmulatorServer` does.
+processes can turn the same knobs as :class:`~bff.emulator.state.EmulatorState`), and ``/inbox`` shows the
+one-time codes "sent" by email or text message; serve this app on loopback only, as
+:class:`~bff.emulator.server.EmulatorServer` does (``/inbox`` also refuses any other peer itself).
+
+``GET /inbox`` is an HTML page for a person at the demo: the codes sent, newest first, so an email or phone
+enrollment can be finished without a mailbox or a phone (:meth:`~bff.emulator.state.EmulatorState.deliver_code`).
 
 Control endpoints (JSON in, JSON out; bad input answers 400 ``{"error": ...}``):
 
@@ -19,14 +23,17 @@ Control endpoints (JSON in, JSON out; bad input answers 400 ``{"error": ...}``):
 - ``POST /_emulator/users`` ``{"email", "password", "name"?, "totp_secret"?}``
 - ``POST /_emulator/logout`` ``{"sub"}`` or ``{"sid"}``: ends SSO sessions with back-channel logout
 - ``GET /_emulator/backchannel``: the back-channel deliveries so far
+- ``GET /_emulator/outbox``: the one-time codes sent by email or text message, newest first
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import typing as t
+from datetime import UTC, datetime
 
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, render_template, request
 
 from bff.emulator import idp, myaccount
 from bff.emulator.state import EmulatorState
@@ -156,6 +163,51 @@ def _controls_blueprint(state: EmulatorState) -> Blueprint:
             deliveries = [dataclasses.asdict(d) for d in state.backchannel_deliveries]
         return jsonify(deliveries=deliveries)
 
+    @bp.get("/outbox")
+    def outbox() -> Response:
+        response = jsonify(deliveries=[dataclasses.asdict(d) for d in state.outbox()])
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    return bp
+
+
+_CHANNEL_LABELS = {"email": "Email", "sms": "Text message", "voice": "Voice call"}
+
+
+def _from_loopback() -> bool:
+    try:
+        return ipaddress.ip_address(request.remote_addr or "").is_loopback
+    except ValueError:
+        return False
+
+
+def _inbox_blueprint(state: EmulatorState) -> Blueprint:
+    bp = Blueprint("emulator_inbox", __name__)
+
+    @bp.get("/inbox")
+    def inbox() -> Response:
+        """The demo inbox: one-time codes sent by email or text message, newest first.
+
+        Shows the codes and where they went, nothing else; refuses peers that are not on loopback, as the
+        codes are second factors of the demo's users.
+        """
+        if not _from_loopback():
+            return Response("Forbidden", status=403, mimetype="text/plain")
+        messages = [
+            {
+                "channel": _CHANNEL_LABELS.get(d.channel, d.channel),
+                "address": d.address,
+                "code": d.code,
+                "sent_at": datetime.fromtimestamp(d.sent_at, UTC).strftime("%H:%M:%S UTC"),
+            }
+            for d in state.outbox()
+        ]
+        response = Response(render_template("inbox.html", messages=messages))
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
     return bp
 
 
@@ -164,5 +216,6 @@ def create_emulator_app(state: EmulatorState) -> Flask:
     app = Flask(__name__)
     idp.register(app, state)
     app.register_blueprint(_controls_blueprint(state))
+    app.register_blueprint(_inbox_blueprint(state))
     myaccount.register(app, state)
     return app

@@ -3,8 +3,9 @@
 Security first: this is a test double for a local Auth0 (see :mod:`bff.emulator.state`), served on loopback
 only. It still enforces what the BFF must cope with at Auth0: the client and the redirect URI must match
 exactly (an unknown one gets an error page, never a redirect), PKCE S256 is required, an authorization code
-is good for one attempt, client secrets and passwords are compared in constant time, a reused refresh token
-revokes its family, and a logout redirect must stay on the BFF's origin. Token answers are ``no-store``.
+is good for one attempt, client secrets and passwords are compared in constant time, a user whose password
+was deleted cannot log in with one, a reused refresh token revokes its family, and a logout redirect must be
+one of the Allowed Logout URLs, compared exactly. Token answers are ``no-store``.
 
 :class:`IdentityProvider` serves the routes for one :class:`~bff.emulator.state.EmulatorState`;
 :func:`register` mounts them on the emulator's app. The routes:
@@ -17,10 +18,13 @@ revokes its family, and a logout redirect must stay on the BFF's origin. Token a
   period (refresh-token-rotation.md, configure-refresh-token-rotation.md), multi-resource refresh tokens
   (multi-resource-refresh-token.md, configure-and-implement-multi-resource-refresh-token.md) and the My
   Account API Default Policy (my-account-api.md).
-- ``/oauth/revoke`` (revoke-refresh-token.md) and ``/oidc/logout`` (oidc-logout.md), which ends the SSO
-  session and sends an OIDC back-channel logout (back-channel-logout.md).
+- ``/oauth/revoke`` (revoke-refresh-token.md), ``/oidc/logout`` (oidc-logout.md) and Auth0's own
+  ``/v2/logout`` (``client_id``, ``returnTo``, ``federated``), which end the SSO session and send an OIDC
+  back-channel logout (back-channel-logout.md).
 
-Errors at the token endpoint are JSON ``{error, error_description}``, as Auth0 answers.
+Errors at the token endpoint are JSON ``{error, error_description}``, as Auth0 answers: an unknown, expired,
+revoked or reused refresh token is 403 ``invalid_grant`` "Unknown or invalid refresh token." (refresh-token.md
+lists 403 for it), and ``mfa_required`` carries an ``mfa_token``, as Auth0's MFA API documents.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import re
 import secrets
 import select
 import socket
+import ssl
 import typing as t
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,6 +69,7 @@ __all__ = [
     "IdentityProvider",
     "OAuthError",
     "client_disconnected",
+    "mfa_required",
     "pkce_s256",
     "register",
 ]
@@ -77,13 +83,31 @@ _LOGIN_EXPIRED = ("Login expired", "This login attempt has expired. Start again 
 
 
 class OAuthError(Exception):
-    """An OAuth error answered to the client: JSON at the token endpoint, a redirect at ``/authorize``."""
+    """An OAuth error answered to the client: JSON at the token endpoint, a redirect at ``/authorize``.
 
-    def __init__(self, error: str, description: str, status: int = 400) -> None:
+    ``extra`` are further members of the JSON answer, such as ``mfa_token``.
+    """
+
+    def __init__(
+        self, error: str, description: str, status: int = 400, extra: t.Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(f"{error}: {description}")
         self.error = error
         self.description = description
         self.status = status
+        self.extra = dict(extra or {})
+
+
+def mfa_required() -> OAuthError:
+    """Auth0's ``mfa_required`` answer (403), with a fresh ``mfa_token``.
+
+    The token is opaque and unguessable (256 random bits). The emulator has no MFA API to redeem it at
+    (``/mfa/challenge``, the ``mfa-otp`` grant): a client completes the second factor through ``/authorize``
+    with the multi-factor ``acr_values`` instead.
+    """
+    return OAuthError(
+        "mfa_required", "Multifactor authentication required", 403, {"mfa_token": secrets.token_urlsafe(32)}
+    )
 
 
 @dataclass(frozen=True)
@@ -109,14 +133,23 @@ def client_disconnected(environ: dict[str, t.Any]) -> bool:
     Used after injected latency: a client that timed out and hung up while its request was "in transit"
     gets its request dropped unprocessed, so the emulator models a request that never arrived rather than
     one that was processed and whose answer was lost. The request body must have been read already, so a
-    readable socket that peeks as empty means end-of-file. Without werkzeug's socket the answer is ``False``.
+    readable socket that peeks as empty means end-of-file. Over TLS the peek looks at the raw connection
+    (a TLS socket cannot peek), so only a closed TCP connection counts, not a bare ``close_notify``.
+    Without werkzeug's socket the answer is ``False``.
     """
     sock = environ.get("werkzeug.socket")
     if not isinstance(sock, socket.socket):
         return False
     try:
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return False
         readable, _, _ = select.select([sock], [], [], 0)
-        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        if not readable:
+            return False
+        if isinstance(sock, ssl.SSLSocket):
+            with socket.fromfd(sock.fileno(), sock.family, sock.type) as raw:
+                return raw.recv(1, socket.MSG_PEEK) == b""
+        return sock.recv(1, socket.MSG_PEEK) == b""
     except (OSError, ValueError):
         return True
 
@@ -124,6 +157,8 @@ def client_disconnected(environ: dict[str, t.Any]) -> bool:
 def _with_query(uri: str, params: dict[str, str | None]) -> str:
     parts = urlsplit(uri)
     extra = urlencode({k: v for k, v in params.items() if v is not None})
+    if not extra:
+        return uri
     query = f"{parts.query}&{extra}" if parts.query else extra
     return urlunsplit(parts._replace(query=query))
 
@@ -139,8 +174,8 @@ def _page(title: str, message: str, status: int) -> Response:
     return Response(render_template("message.html", title=title, message=message), status=status)
 
 
-def _oauth_error(status: int, error: str, description: str) -> Response:
-    response = jsonify(error=error, error_description=description)
+def _oauth_error(status: int, error: str, description: str, extra: t.Mapping[str, str] | None = None) -> Response:
+    response = jsonify(error=error, error_description=description, **(extra or {}))
     response.status_code = status
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -148,25 +183,6 @@ def _oauth_error(status: int, error: str, description: str) -> Response:
 
 def _ordered(scopes: t.Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(scopes))
-
-
-def _same_origin(url: str, base: str) -> bool:
-    """True when ``url`` is an absolute URL on ``base``'s origin (Allowed Logout URLs)."""
-    # Browsers read a backslash as a slash and drop tabs and newlines; refuse rather than guess.
-    if any(c in url for c in "\\\t\r\n "):
-        return False
-    try:
-        a, b = urlsplit(url), urlsplit(base)
-        default_port = {"http": 80, "https": 443}
-        return (
-            a.username is None
-            and a.password is None
-            and a.scheme == b.scheme
-            and a.hostname == b.hostname
-            and (a.port or default_port.get(a.scheme)) == (b.port or default_port.get(b.scheme))
-        )
-    except ValueError:
-        return False
 
 
 def _profile_claims(state: EmulatorState, user: User, scope: t.Collection[str]) -> dict[str, t.Any]:
@@ -253,7 +269,7 @@ def _check_default_policy(
         return
     if user.has_second_factor:
         if mfa_at is None or now - mfa_at > DEFAULT_POLICY_WINDOW:
-            raise OAuthError("mfa_required", "Multifactor authentication required", 403)
+            raise mfa_required()
     elif now - auth_time > DEFAULT_POLICY_WINDOW:
         raise OAuthError(
             "unmet_authentication_requirements", "The user does not meet the authentication requirements", 403
@@ -346,6 +362,7 @@ class IdentityProvider:
         bp.add_url_rule("/oauth/revoke", "revoke", self.revoke, methods=["POST"])
         bp.add_url_rule("/userinfo", "userinfo", self.userinfo, methods=["GET", "POST"])
         bp.add_url_rule("/oidc/logout", "logout", self.logout, methods=["GET", "POST"])
+        bp.add_url_rule("/v2/logout", "v2_logout", self.v2_logout, methods=["GET"])
         return bp
 
     # -- discovery ---------------------------------------------------------------------------------------
@@ -470,7 +487,9 @@ class IdentityProvider:
                 current.mfa_at = mfa_at or current.mfa_at
         session = current or self.state.create_sso_session(user.sub, auth_time=now, mfa_at=mfa_at)
         response = self.issue_code(tx.request, session)
-        response.set_cookie(SSO_COOKIE, session.cookie, httponly=True, samesite="Lax", path="/")
+        response.set_cookie(
+            SSO_COOKIE, session.cookie, httponly=True, secure=request.is_secure, samesite="Lax", path="/"
+        )
         return response
 
     def authorize(self) -> Response:
@@ -546,7 +565,12 @@ class IdentityProvider:
         email = request.form.get("email", "")
         user = self.state.user_by_email(email)
         password = request.form.get("password", "")
-        if user is None or not hmac.compare_digest(password.encode(), user.password.encode()):
+        with self.state.lock:
+            expected = user.password if user is not None else None
+        # A user without a password (deleted through the My Account API) is refused like a wrong password;
+        # the comparison runs either way so the answer takes as long.
+        matches = hmac.compare_digest(password.encode(), (expected or "").encode())
+        if user is None or expected is None or not matches:
             return self.login_form(tx, email=email, error="Wrong email or password.", status=400)
         if _mfa_pending(self.state.settings, tx.request, user, None, self.state.clock.now()):
             with self.state.lock:
@@ -667,7 +691,10 @@ class IdentityProvider:
     def exchange_refresh_token(self, params: dict[str, str], settings: TokenSettings) -> _Grant:
         now = self.state.clock.now()
         token = params.get("refresh_token", "")
-        invalid = OAuthError("invalid_grant", "Unknown or invalid refresh token.")
+        if not token:
+            raise OAuthError("invalid_request", "Missing required parameter: refresh_token")
+        # One answer for an unknown, expired, revoked or reused token: 403 (refresh-token.md), in Auth0's words.
+        invalid = OAuthError("invalid_grant", "Unknown or invalid refresh token.", 403)
         with self.state.lock:
             record = self.state.refresh_tokens.get(token)
             if record is None or record.family.revoked:
@@ -755,7 +782,8 @@ class IdentityProvider:
         grant_type = params.get("grant_type", "")
         fault = self.state.begin_token_call(grant_type, params.get("refresh_token"))
         if fault is not None:
-            return _oauth_error(fault.status, fault.error, fault.description)
+            extra = mfa_required().extra if fault.error == "mfa_required" else None
+            return _oauth_error(fault.status, fault.error, fault.description, extra)
         if not self.client_authenticated(params):
             return _oauth_error(401, "invalid_client", "Client authentication failed")
         settings = self.state.settings
@@ -767,7 +795,7 @@ class IdentityProvider:
             else:
                 raise OAuthError("unsupported_grant_type", f"Unsupported grant type: {grant_type}")
         except OAuthError as exc:
-            return _oauth_error(exc.status, exc.error, exc.description)
+            return _oauth_error(exc.status, exc.error, exc.description, exc.extra)
 
         scope = " ".join(grant.scope)
         body: dict[str, t.Any] = {
@@ -824,7 +852,30 @@ class IdentityProvider:
 
     # -- logout ------------------------------------------------------------------------------------------
 
+    def allowed_logout_url(self, url: str) -> bool:
+        """Whether ``url`` is one of the Allowed Logout URLs, character for character."""
+        return url in self.state.config.logout_urls
+
+    def end_browser_session(self, *sids: str | None) -> None:
+        """End the SSO sessions named, and this browser's, each with its back-channel logout."""
+        browser_session = self.state.sso_session_by_cookie(request.cookies.get(SSO_COOKIE))
+        for sid in {sid for sid in (*sids, browser_session and browser_session.sid) if sid}:
+            self.state.end_sso_session(sid)
+
+    def logged_out(self, redirect_to: str | None, **params: str | None) -> Response:
+        """The answer once logged out: the redirect, or a page; either way the SSO cookie goes."""
+        response = (
+            _redirect(redirect_to, **params) if redirect_to else _page("Logged out", "You are logged out.", 200)
+        )
+        response.delete_cookie(SSO_COOKIE, path="/")
+        return response
+
     def logout(self) -> Response:
+        """``/oidc/logout`` (oidc-logout.md): RP-initiated logout.
+
+        ``post_logout_redirect_uri`` must be an Allowed Logout URL; without one, a request naming the client
+        goes to the first Allowed Logout URL. A refused request ends no session.
+        """
         params = request.values
         client_id = params.get("client_id")
         if client_id is not None and client_id != self.state.client_id:
@@ -842,16 +893,34 @@ class IdentityProvider:
         if logout_hint and hint_sid and logout_hint != hint_sid:
             return _page("Logout failed", "logout_hint does not match the sid of id_token_hint.", 400)
         redirect_to = params.get("post_logout_redirect_uri")
-        if redirect_to and not _same_origin(redirect_to, self.state.bff_base_url):
+        if redirect_to and not self.allowed_logout_url(redirect_to):
             return _page("Logout failed", f"{redirect_to} is not in the list of Allowed Logout URLs.", 400)
+        if not redirect_to and client_id is not None:
+            redirect_to = next(iter(self.state.config.logout_urls), None)
 
-        browser_session = self.state.sso_session_by_cookie(request.cookies.get(SSO_COOKIE))
-        sids = {sid for sid in (hint_sid or logout_hint, browser_session and browser_session.sid) if sid}
-        for sid in sids:
-            self.state.end_sso_session(sid)
-        if redirect_to:
-            response = _redirect(redirect_to, state=params.get("state"))
-        else:
-            response = _page("Logged out", "You are logged out.", 200)
-        response.delete_cookie(SSO_COOKIE, path="/")
-        return response
+        self.end_browser_session(hint_sid or logout_hint)
+        return self.logged_out(redirect_to, state=params.get("state"))
+
+    def v2_logout(self) -> Response:
+        """Auth0's own ``/v2/logout``: ends this browser's SSO session, then goes to ``returnTo``.
+
+        ``returnTo`` must be an Allowed Logout URL; without it, a request naming the client goes to the first
+        Allowed Logout URL. ``federated`` changes nothing: the emulator's users have no upstream identity
+        provider to log out of. A refused request ends no session.
+        """
+        params = request.args
+        client_id = params.get("client_id")
+        if client_id is not None and client_id != self.state.client_id:
+            return _page("Logout failed", "Unknown client_id.", 400)
+        return_to = params.get("returnTo")
+        if return_to and not self.allowed_logout_url(return_to):
+            return _page(
+                "Logout failed",
+                f'The "returnTo" querystring parameter "{return_to}" is not defined as a valid URL in '
+                '"Allowed Logout URLs".',
+                400,
+            )
+        if not return_to and client_id is not None:
+            return_to = next(iter(self.state.config.logout_urls), None)
+        self.end_browser_session()
+        return self.logged_out(return_to)

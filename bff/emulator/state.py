@@ -6,7 +6,8 @@ anyone who can reach it, which is why :class:`~bff.emulator.server.EmulatorServe
 
 One :class:`EmulatorState` holds one tenant with one application (the BFF): users, the RS256 signing key,
 SSO sessions, authorization codes, refresh-token families, run-time token settings, injected faults,
-counters and the record of back-channel logout deliveries. Every mutation happens under ``state.lock``;
+counters, the record of back-channel logout deliveries and the outbox of one-time codes "sent" by email or
+text message (shown on the emulator's ``/inbox`` page). Every mutation happens under ``state.lock``;
 protocol time is read only through :class:`Clock`, so tests move it instead of sleeping. Injected holds
 (latency, a hang) and time-window faults run on real monotonic time: they model an IdP that is slow or
 down *now*, for the clients waiting on it.
@@ -38,16 +39,19 @@ __all__ = [
     "AUTHORIZATION_CODE_LIFETIME",
     "BACKCHANNEL_LOGOUT_EVENT",
     "BACKCHANNEL_TIMEOUT",
+    "CODE_CHANNELS",
     "DEFAULT_POLICY_WINDOW",
     "LOGIN_TRANSACTION_LIFETIME",
     "LOGOUT_TOKEN_LIFETIME",
     "MFA_ACR",
     "MY_ACCOUNT_SCOPES",
     "OIDC_SCOPES",
+    "OUTBOX_SIZE",
     "AuthorizationCode",
     "AuthorizeRequest",
     "BackchannelDelivery",
     "Clock",
+    "CodeDelivery",
     "EmulatorConfig",
     "EmulatorState",
     "InvalidAccessToken",
@@ -93,6 +97,11 @@ LOGOUT_TOKEN_LIFETIME = 2 * 60
 """Logout tokens expire after two minutes (configure-back-channel-logout.md)."""
 BACKCHANNEL_TIMEOUT = 2.0
 
+CODE_CHANNELS = frozenset({"email", "sms", "voice"})
+"""How a one-time code reaches its user: by email, or to a phone by text message or voice call."""
+OUTBOX_SIZE = 50
+"""The outbox keeps this many most recent code deliveries; older ones are forgotten."""
+
 
 class Clock:
     """Wall-clock time plus an offset that tests move.
@@ -122,11 +131,15 @@ class InvalidAccessToken(Exception):
 
 @dataclass
 class User:
-    """A database-connection user. ``totp_secrets`` (base32) are the enrolled second factors."""
+    """A database-connection user. ``totp_secrets`` (base32) are the enrolled second factors.
+
+    ``password`` is ``None`` once the user's password was deleted (:meth:`EmulatorState.remove_password`):
+    the login form then refuses every password for this user.
+    """
 
     sub: str
     email: str
-    password: str
+    password: str | None
     name: str
     email_verified: bool = True
     totp_secrets: list[str] = field(default_factory=list)
@@ -140,18 +153,28 @@ class User:
     def has_second_factor(self) -> bool:
         return bool(self.totp_secrets)
 
+    @property
+    def has_password(self) -> bool:
+        return self.password is not None
+
 
 @dataclass(frozen=True)
 class EmulatorConfig:
     """The one application the emulator knows: the BFF.
 
     The same ``BFF_*`` variables configure the BFF and the emulator, so the two always agree on the client
-    and on the URLs (callback, back-channel logout, allowed logout redirects) derived from ``bff_base_url``.
+    and on the URLs (callback, back-channel logout) derived from ``bff_base_url``.
+
+    ``allowed_logout_urls`` is the application's Allowed Logout URLs: where ``/oidc/logout`` and
+    ``/v2/logout`` may send the browser afterwards, compared exactly, so the emulator can never be used as
+    an open redirect. ``None`` (the default) stands for ``[bff_base_url + "/"]``, the BFF's own
+    ``post_logout_redirect_uri``; after construction the field always holds a tuple (:attr:`logout_urls`).
     """
 
     client_id: str
     client_secret: str
     bff_base_url: str
+    allowed_logout_urls: t.Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         if not self.client_id or not self.client_secret:
@@ -160,6 +183,16 @@ class EmulatorConfig:
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
             raise ValueError(f"bff_base_url must be an absolute http(s) URL, got {self.bff_base_url!r}")
         object.__setattr__(self, "bff_base_url", self.bff_base_url.rstrip("/"))
+        urls = self.allowed_logout_urls
+        if urls is None:
+            urls = (self.bff_base_url + "/",)
+        elif isinstance(urls, str):
+            raise ValueError("allowed_logout_urls is a list of URLs, not one string")
+        for url in urls:
+            url_parts = urlsplit(url)
+            if url_parts.scheme not in ("http", "https") or not url_parts.hostname or url_parts.fragment:
+                raise ValueError(f"allowed logout URLs must be absolute http(s) URLs, got {url!r}")
+        object.__setattr__(self, "allowed_logout_urls", tuple(urls))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> EmulatorConfig:
@@ -179,6 +212,11 @@ class EmulatorConfig:
     @property
     def backchannel_logout_uri(self) -> str:
         return self.bff_base_url + "/bff/backchannel-logout"
+
+    @property
+    def logout_urls(self) -> tuple[str, ...]:
+        """The Allowed Logout URLs, in order (the first is where a logout without a redirect URL goes)."""
+        return tuple(self.allowed_logout_urls or ())
 
 
 @dataclass(frozen=True)
@@ -387,6 +425,20 @@ class BackchannelDelivery:
     error: str | None
 
 
+@dataclass(frozen=True)
+class CodeDelivery:
+    """One one-time code "sent" to a user: by ``channel`` (:data:`CODE_CHANNELS`) to ``address``.
+
+    The emulator sends nothing anywhere: the delivery is kept in the outbox (:meth:`EmulatorState.outbox`)
+    and shown on the ``/inbox`` page. ``sent_at`` is by the emulator's clock.
+    """
+
+    channel: str
+    address: str
+    code: str
+    sent_at: float
+
+
 def _random_id(nbytes: int = 24) -> str:
     return secrets.token_urlsafe(nbytes)
 
@@ -424,6 +476,7 @@ class EmulatorState:
         self.families: dict[str, RefreshFamily] = {}
         self.backchannel_deliveries: list[BackchannelDelivery] = []
         self._backchannel_done = threading.Condition(self.lock)
+        self._outbox: deque[CodeDelivery] = deque(maxlen=OUTBOX_SIZE)
 
         self._faults: deque[TokenFault] = deque()
         self._latency = 0.0
@@ -472,6 +525,45 @@ class EmulatorState:
                 raise ValueError(f"a user with email {email!r} exists already")
             self.users[user.sub] = user
         return user
+
+    def remove_password(self, sub: str) -> bool:
+        """Delete the password of user ``sub``: from now on the login form refuses every password for them.
+
+        For the My Account API's deletion of a password authentication method. Sessions and refresh
+        tokens the user already holds stay, as a deleted password does not log anyone out. Returns
+        ``False`` when the user had no password (any more); ``KeyError`` for an unknown user.
+        """
+        with self.lock:
+            user = self.users[sub]
+            had = user.password is not None
+            user.password = None
+            user.updated_at = self.clock.now()
+            return had
+
+    # -- one-time codes sent by email or text message ----------------------------------------------------
+
+    def deliver_code(self, channel: str, address: str, code: str) -> CodeDelivery:
+        """Record a one-time ``code`` as sent to ``address`` by ``channel`` (``email``, ``sms`` or ``voice``).
+
+        For the My Account API's email and phone enrollments. Nothing leaves the machine: the delivery goes
+        to the outbox shown on ``/inbox`` (:data:`OUTBOX_SIZE` most recent) and one line on standard output,
+        ``emulator: code for <address>: <code>``, so a person at the demo can finish the enrollment. The
+        codes are demo secrets only: the outbox is served on loopback, like every other emulator route.
+        """
+        if channel not in CODE_CHANNELS:
+            raise ValueError(f"channel must be one of {sorted(CODE_CHANNELS)}, got {channel!r}")
+        if not address or not code:
+            raise ValueError("address and code must not be empty")
+        delivery = CodeDelivery(channel, address, code, self.clock.now())
+        with self.lock:
+            self._outbox.append(delivery)
+        print(f"emulator: code for {address}: {code}", flush=True)
+        return delivery
+
+    def outbox(self) -> list[CodeDelivery]:
+        """The code deliveries kept, newest first."""
+        with self.lock:
+            return list(reversed(self._outbox))
 
     # -- keys and tokens ---------------------------------------------------------------------------------
 
