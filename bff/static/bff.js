@@ -4,6 +4,9 @@
  * and the anti-forgery header `X-CSRF: 1` (which a cross-site page cannot send
  * without a CORS preflight the BFF refuses). Failures reject with
  * {@link BffError}, built from RFC 9457 problems and My Account API errors.
+ *
+ * The source of this file is `clients/js/src/bff.js` (the `@bff/client`
+ * package); the BFF serves a copy at `/bff/static/bff.js`. Types: `bff.d.ts`.
  * @module bff
  */
 
@@ -13,12 +16,25 @@ const ME = "/me/v1";
 /** Problem type the BFF answers with when an action needs a fresh MFA login. */
 export const STEP_UP_REQUIRED = "urn:bff:problem:step-up-required";
 
-const settings = { redirectOnAuth: true, redirectOnStepUp: true };
+/**
+ * Event dispatched (once, until a call succeeds again) when a call finds the
+ * session over: a 401 that is not a step-up. Dispatched on `document` (it
+ * bubbles to `window`); `event.detail` is `{error, loginUrl}`.
+ */
+export const SESSION_EXPIRED = "bff:session-expired";
+
+const settings = { redirectOnAuth: false, redirectOnStepUp: true };
+
+/** True between announcing an expired session and the next successful call. */
+let expiryAnnounced = false;
+/** True once a 401 started navigating to the login page. */
+let redirectingToLogin = false;
 
 /**
  * Change the defaults used by every call, including the `myAccount` helpers.
  * @param {{redirectOnAuth?: boolean, redirectOnStepUp?: boolean}} options
- *   `redirectOnAuth`: on a 401, navigate to the login page (default true).
+ *   `redirectOnAuth`: on a 401, also navigate to the login page (default false:
+ *   the client dispatches `bff:session-expired` and the app decides).
  *   `redirectOnStepUp`: on a step-up problem, navigate to its `login_url`
  *   (default true); turn off to show your own prompt instead.
  */
@@ -32,8 +48,9 @@ export function configure(options) {
  * An error answered by the BFF, or by the My Account API through it.
  * Fields: `status`, `type` (problem type URI), `title`, `detail`, `loginUrl`
  * (where to sign in again, when offered), `body` (the decoded body),
- * `validationErrors` (My Account API field errors) and `redirecting` (true
- * when the client already started navigating to a login page).
+ * `validationErrors` (My Account API field errors), `retryAfter` (seconds,
+ * from `Retry-After`) and `redirecting` (true when the client already started
+ * navigating to a login page).
  */
 export class BffError extends Error {
   /**
@@ -54,12 +71,23 @@ export class BffError extends Error {
     this.loginUrl = problem.login_url || null;
     this.body = body;
     this.validationErrors = Array.isArray(problem.validation_errors) ? problem.validation_errors : [];
+    this.retryAfter = null;
     this.redirecting = false;
   }
 
   /** True when the action needs the user to re-authenticate with MFA. */
   get isStepUp() {
     return this.type === STEP_UP_REQUIRED;
+  }
+
+  /** True when the session is over (a 401 other than step-up): log in again. */
+  get isSessionExpired() {
+    return this.status === 401 && !this.isStepUp;
+  }
+
+  /** True for a 503 (`store-unavailable`, `idp-unavailable`, ...): the session is kept; retry later. */
+  get isUnavailable() {
+    return this.status === 503;
   }
 }
 
@@ -133,6 +161,32 @@ function loginTarget(loginUrl) {
   return url.pathname + url.search;
 }
 
+/** Where session-expired events go: `document` (bubbling to `window`), else the global scope. */
+function eventTarget() {
+  const target = globalThis.document ?? globalThis;
+  return typeof target.addEventListener === "function" ? target : null;
+}
+
+function announceExpiry(error, loginUrl) {
+  if (expiryAnnounced) return;
+  expiryAnnounced = true;
+  eventTarget()?.dispatchEvent(new CustomEvent(SESSION_EXPIRED, { bubbles: true, detail: { error, loginUrl } }));
+}
+
+/**
+ * Call `listener` whenever the session is found over (the `bff:session-expired`
+ * event: once per expiry, whichever call noticed it). `event.detail` is
+ * `{error, loginUrl}` when the client dispatched it.
+ * @param {(event: CustomEvent) => void} listener
+ * @returns {() => void} Stops listening.
+ */
+export function onSessionExpired(listener) {
+  const target = eventTarget();
+  if (!target) return () => {};
+  target.addEventListener(SESSION_EXPIRED, listener);
+  return () => target.removeEventListener(SESSION_EXPIRED, listener);
+}
+
 function query(params) {
   const search = new URLSearchParams();
   for (const [key, value] of Object.entries(params)) {
@@ -146,6 +200,13 @@ function query(params) {
 function locationPath(header) {
   const { pathname } = new URL(header, globalThis.location.href);
   return pathname.split("/").map((segment) => (segment ? encodeId(segment) : segment)).join("/");
+}
+
+function retryAfterSeconds(header) {
+  if (!header) return null;
+  if (/^\d+$/.test(header.trim())) return Number(header.trim());
+  const date = Date.parse(header);
+  return Number.isNaN(date) ? null : Math.max(0, Math.ceil((date - Date.now()) / 1000));
 }
 
 async function decode(response) {
@@ -162,7 +223,7 @@ async function decode(response) {
 
 async function send(path, init = {}) {
   const { body, headers, redirectOnAuth = settings.redirectOnAuth,
-    redirectOnStepUp = settings.redirectOnStepUp, ...rest } = init;
+    redirectOnStepUp = settings.redirectOnStepUp, notifyExpiry = true, ...rest } = init;
   const sendHeaders = new Headers(headers);
   sendHeaders.set("X-CSRF", "1");
   if (!sendHeaders.has("Accept")) sendHeaders.set("Accept", "application/json, application/problem+json");
@@ -173,17 +234,29 @@ async function send(path, init = {}) {
   }
   const response = await fetch(path, { ...rest, headers: sendHeaders, body: payload, credentials: "same-origin" });
   const data = await decode(response);
-  if (response.ok) return { response, data };
+  if (response.ok) {
+    expiryAnnounced = false;
+    redirectingToLogin = false;
+    return { response, data };
+  }
 
   const error = new BffError(response.status, data, response.statusText);
+  error.retryAfter = retryAfterSeconds(response.headers.get("Retry-After"));
   if (error.isStepUp) {
     if (redirectOnStepUp && error.loginUrl && sameOrigin(error.loginUrl)) {
       error.redirecting = true;
       navigate(loginTarget(error.loginUrl));
     }
-  } else if (error.status === 401 && redirectOnAuth) {
-    error.redirecting = true;
-    navigate(loginTarget(error.loginUrl));
+  } else if (error.isSessionExpired) {
+    const target = loginTarget(error.loginUrl);
+    if (notifyExpiry) announceExpiry(error, target);
+    if (redirectOnAuth) {
+      error.redirecting = true;
+      if (!redirectingToLogin) {
+        redirectingToLogin = true;
+        navigate(target);
+      }
+    }
   }
   throw error;
 }
@@ -192,13 +265,16 @@ async function send(path, init = {}) {
  * Call the BFF on this origin. Adds `X-CSRF: 1` and the session cookie, encodes
  * a plain-object or array `body` as JSON and decodes JSON answers.
  *
- * On a 401 it navigates to the problem's `login_url` (or `/bff/login` returning
- * to this page) unless `redirectOnAuth: false`; on a step-up problem it
- * navigates to the problem's `login_url` unless `redirectOnStepUp: false`.
- * Either way it still rejects, with `error.redirecting` set.
+ * On a 401 that is not a step-up (the session is over) it dispatches
+ * `bff:session-expired` once (unless `notifyExpiry: false`) and, with
+ * `redirectOnAuth: true`, navigates to the problem's `login_url` (or
+ * `/bff/login` returning to this page). On a step-up problem it navigates to
+ * the problem's `login_url` unless `redirectOnStepUp: false`. Either way it
+ * still rejects, with `error.redirecting` set when it navigates. A 503
+ * (`store-unavailable`, `idp-unavailable`) is not an expiry: the session is kept.
  *
  * @param {string} path Same-origin path, e.g. `/me/v1/factors`.
- * @param {RequestInit & {body?: unknown, redirectOnAuth?: boolean, redirectOnStepUp?: boolean}} [init]
+ * @param {RequestInit & {body?: unknown, redirectOnAuth?: boolean, redirectOnStepUp?: boolean, notifyExpiry?: boolean}} [init]
  * @returns {Promise<any>} The decoded body: parsed JSON, text, or null when empty.
  * @throws {BffError} On any non-2xx answer. Network failures reject with a TypeError.
  */
@@ -207,12 +283,13 @@ export async function request(path, init) {
 }
 
 /**
- * The signed-in user, or null when nobody is signed in. Never navigates.
+ * The signed-in user, or null when nobody is signed in. Never navigates, and a
+ * 401 here is an answer, not an expiry: no `bff:session-expired`.
  * @returns {Promise<{claims: Record<string, unknown>, session: {expires_in: number, idle_expires_in: number|null, created_at: number, acr: string|null, amr: string[]|null, auth_time: number|null}, logout_url: string}|null>}
  */
 export async function user() {
   try {
-    return await request(`${BFF}/user`, { redirectOnAuth: false, redirectOnStepUp: false });
+    return await request(`${BFF}/user`, { redirectOnAuth: false, redirectOnStepUp: false, notifyExpiry: false });
   } catch (error) {
     if (error instanceof BffError && error.status === 401) return null;
     throw error;
@@ -221,7 +298,7 @@ export async function user() {
 
 /**
  * Navigate to the BFF login, coming back to `returnTo` afterwards.
- * @param {string} [returnTo] Local path (defaults to the current page).
+ * @param {string} [returnTo] Local path (defaults to the current page, query included).
  * @param {{acr_values?: string, max_age?: number, prompt?: string, login_hint?: string, scope?: string}} [params]
  */
 export function login(returnTo = here(), params = {}) {
@@ -236,7 +313,7 @@ export function login(returnTo = here(), params = {}) {
 export async function logout() {
   let url = "/";
   try {
-    const data = await request(`${BFF}/logout`, { method: "POST", redirectOnAuth: false });
+    const data = await request(`${BFF}/logout`, { method: "POST", redirectOnAuth: false, notifyExpiry: false });
     url = data?.logout_url || url;
   } catch (error) {
     if (!(error instanceof BffError && error.status === 401)) throw error;
@@ -281,21 +358,45 @@ export function endSession(id) {
 
 const methodPath = (id) => `${ME}/authentication-methods/${encodeId(id)}`;
 
-/** Helpers for the My Account API routes the BFF allows; bodies are the API's own. */
+/**
+ * A started enrollment: the API's answer, `location` (where to verify) and
+ * `confirm(...)`, which verifies it with `auth_session` plus `extra(...args)`.
+ */
+function pending(started, extra) {
+  return {
+    ...started,
+    confirm: (...args) => myAccount.verify(started.location ?? started.id, { auth_session: started.auth_session, ...extra(...args) }),
+  };
+}
+
+/**
+ * Helpers for every My Account route the BFF can proxy (each group the
+ * allowlist can enable); bodies are the API's own. A route whose group is not
+ * enabled answers 404.
+ */
 export const myAccount = {
+  // factors ---------------------------------------------------------------------------------------
+
+  /** `GET /factors`. @returns {Promise<{factors: Array<{type: string, usage?: string[]}>}>} */
+  listFactors: () => request(`${ME}/factors`),
+
+  // authentication-methods --------------------------------------------------------------------------
+
   /**
+   * `GET /authentication-methods`.
    * @param {string} [type] Filter, e.g. `passkey`, `totp`.
    * @returns {Promise<{authentication_methods: object[]}>}
    */
   listAuthenticationMethods: (type) => request(`${ME}/authentication-methods${query({ type })}`),
 
-  /** @param {string} id @returns {Promise<object>} */
+  /** `GET /authentication-methods/{id}`. @param {string} id @returns {Promise<object>} */
   getAuthenticationMethod: (id) => request(methodPath(id)),
 
   /**
-   * Start enrolling a method. The result is the API body plus `location`, the
-   * BFF path of the new method, to pass to {@link myAccount.verify}.
-   * @param {string} type `passkey`, `totp`, `email`, `phone`, `recovery-code`, ...
+   * `POST /authentication-methods`: start enrolling a method. The result is the
+   * API body plus `location`, the BFF path of the new method, to pass to
+   * {@link myAccount.verify}. The `enroll<Type>` helpers below wrap this.
+   * @param {string} type `passkey`, `totp`, `email`, `phone`, `recovery-code`, `push-notification`, `password`.
    * @param {object} [body] e.g. `{email}` or `{phone_number, preferred_authentication_method}`.
    * @returns {Promise<object & {location: string|null}>}
    */
@@ -305,7 +406,7 @@ export const myAccount = {
   },
 
   /**
-   * Confirm an enrollment.
+   * `POST /authentication-methods/{id}/verify`: confirm an enrollment.
    * @param {string} locationOrId The `location` from enroll (used unmodified) or a method id.
    * @param {object} body `{auth_session, otp_code}`, `{auth_session}` or the passkey body.
    * @returns {Promise<object>} The confirmed method.
@@ -317,31 +418,70 @@ export const myAccount = {
     return request(`${target}/verify`, { method: "POST", body });
   },
 
-  /** @param {string} id @param {string} name @returns {Promise<object>} */
+  /**
+   * `PATCH /authentication-methods/{id}`.
+   * @param {string} id
+   * @param {{name?: string, preferred_authentication_method?: "sms"|"voice"}} body
+   * @returns {Promise<object>}
+   */
+  updateAuthenticationMethod: (id, body) => request(methodPath(id), { method: "PATCH", body }),
+
+  /** Rename a method (`PATCH`). @param {string} id @param {string} name @returns {Promise<object>} */
   rename: (id, name) => request(methodPath(id), { method: "PATCH", body: { name } }),
 
-  /** @param {string} id @returns {Promise<null>} */
+  /** `DELETE /authentication-methods/{id}`. @param {string} id @returns {Promise<null>} */
   deleteAuthenticationMethod: (id) => request(methodPath(id), { method: "DELETE" }),
 
-  /** @returns {Promise<{factors: Array<{type: string, usage?: string[]}>}>} */
-  listFactors: () => request(`${ME}/factors`),
+  /**
+   * Start enrolling an authenticator app: show `barcode_uri` as a QR code (or
+   * `manual_input_code`), then `confirm(otp_code)` with a code from the app.
+   * @returns {Promise<object>}
+   */
+  enrollTotp: async () => pending(await myAccount.enroll("totp"), (otp_code) => ({ otp_code })),
 
   /**
-   * @param {{connection?: string|string[], from?: string, take?: number}} [options]
-   * @returns {Promise<{accounts: object[], next?: string}>}
+   * Start enrolling push notifications (Guardian): show `barcode_uri`, then
+   * `confirm()` once the app is paired.
+   * @returns {Promise<object>}
    */
-  listConnectedAccounts: ({ connection, from, take } = {}) =>
-    request(`${ME}/connected-accounts/accounts${query({ connection, from, take })}`),
+  enrollPushNotification: async () => pending(await myAccount.enroll("push-notification"), () => ({})),
 
   /**
-   * @param {{from?: string, take?: number}} [options]
-   * @returns {Promise<{connections: Array<{name: string, strategy: string, scopes?: string[]}>, next?: string}>}
+   * Start enrolling an email address for one-time codes; `confirm(otp_code)`
+   * with the code sent to it.
+   * @param {string} email
+   * @returns {Promise<object>}
    */
-  listConnections: ({ from, take } = {}) =>
-    request(`${ME}/connected-accounts/connections${query({ from, take })}`),
+  enrollEmail: async (email) => pending(await myAccount.enroll("email", { email }), (otp_code) => ({ otp_code })),
 
-  /** @param {string} id @returns {Promise<null>} */
-  deleteConnectedAccount: (id) => request(`${ME}/connected-accounts/accounts/${encodeId(id)}`, { method: "DELETE" }),
+  /**
+   * Start enrolling a phone number; `confirm(otp_code)` with the code sent by
+   * text message (`sms`, the default) or voice call.
+   * @param {string} phoneNumber E.164, e.g. `+15551234567`.
+   * @param {"sms"|"voice"} [preferredMethod]
+   * @returns {Promise<object>}
+   */
+  enrollPhone: async (phoneNumber, preferredMethod = "sms") =>
+    pending(
+      await myAccount.enroll("phone", { phone_number: phoneNumber, preferred_authentication_method: preferredMethod }),
+      (otp_code) => ({ otp_code }),
+    ),
+
+  /**
+   * Generate a recovery code: show `recovery_code` once, then `confirm()` when
+   * the user has saved it. Replaces any previous recovery code.
+   * @returns {Promise<object>}
+   */
+  enrollRecoveryCode: async () => pending(await myAccount.enroll("recovery-code"), () => ({})),
+
+  /**
+   * Start setting a password: the answer carries the `policy`; then
+   * `confirm(newPassword)`.
+   * @param {{connection?: string, identity_user_id?: string}} [options]
+   * @returns {Promise<object>}
+   */
+  enrollPassword: async (options = {}) =>
+    pending(await myAccount.enroll("password", options), (new_password) => ({ new_password })),
 
   /**
    * Enroll a passkey end to end: start the enrollment, let the browser create
@@ -378,4 +518,42 @@ export const myAccount = {
     if (credential.authenticatorAttachment) authn_response.authenticatorAttachment = credential.authenticatorAttachment;
     return myAccount.verify(location, { auth_session, authn_response });
   },
+
+  // connected-accounts (connecting one is `connect()`: the BFF runs that flow) ----------------------
+
+  /**
+   * `GET /connected-accounts/accounts`.
+   * @param {{connection?: string|string[], from?: string, take?: number}} [options]
+   * @returns {Promise<{accounts: object[], next?: string}>}
+   */
+  listConnectedAccounts: ({ connection, from, take } = {}) =>
+    request(`${ME}/connected-accounts/accounts${query({ connection, from, take })}`),
+
+  /**
+   * `GET /connected-accounts/connections`.
+   * @param {{from?: string, take?: number}} [options]
+   * @returns {Promise<{connections: Array<{name: string, strategy: string, scopes?: string[]}>, next?: string}>}
+   */
+  listConnections: ({ from, take } = {}) =>
+    request(`${ME}/connected-accounts/connections${query({ from, take })}`),
+
+  /** `DELETE /connected-accounts/accounts/{id}`. @param {string} id @returns {Promise<null>} */
+  deleteConnectedAccount: (id) => request(`${ME}/connected-accounts/accounts/${encodeId(id)}`, { method: "DELETE" }),
+
+  // consents ----------------------------------------------------------------------------------------
+
+  /** `GET /consents`. @returns {Promise<{consents: object[]}>} */
+  listConsents: () => request(`${ME}/consents`),
+
+  /** `GET /consents/{consent_id}`. @param {string} id @returns {Promise<object>} */
+  getConsent: (id) => request(`${ME}/consents/${encodeId(id)}`),
+
+  // organizations -----------------------------------------------------------------------------------
+
+  /**
+   * `GET /organizations`.
+   * @param {{from?: string, take?: number}} [options]
+   * @returns {Promise<{organizations: Array<{id: string, name: string, display_name?: string}>, next?: string}>}
+   */
+  listOrganizations: ({ from, take } = {}) => request(`${ME}/organizations${query({ from, take })}`),
 };

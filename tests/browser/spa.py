@@ -142,3 +142,19 @@ def session_ids(stack: Stack) -> list[str]:
 def b64url_of_b64(value: str) -> str:
     """CDP reports binary WebAuthn fields in standard base64; the API uses unpadded base64url."""
     return base64.urlsafe_b64encode(base64.b64decode(value)).rstrip(b"=").decode()
+
+
+def serve_with_policy(stack: Stack, policy: str) -> Stack:
+    """Serve ``stack``'s SPA with Content-Security-Policy ``policy`` from now on.
+
+    A policy naming the emulator's origin can only be written once the emulator runs, after the stack's
+    BFF was built: the same settings with the policy build a second BFF (same store) that takes over the
+    stack's server."""
+    import dataclasses
+
+    from bff import create_app
+
+    settings = dataclasses.replace(stack.settings, content_security_policy=policy)
+    stack.app.wsgi_app = create_app(settings, store=stack.store).wsgi_app
+    stack.settings = settings
+    return stack
