@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import dataclasses
 import json
 import pathlib
@@ -216,7 +217,7 @@ class App:
             return Response("not found", status=404)(environ, start_response)
         try:
             # The delivery thread has no event loop of its own; the SDK gets one for this request.
-            asyncio.run(self.sdk.handle_backchannel_logout(request.form.get("logout_token", "")))
+            run(self.sdk.handle_backchannel_logout(request.form.get("logout_token", "")))
         except BackchannelLogoutError as exc:
             self.refusals.append(str(exc))
             return Response("invalid logout token", status=400)(environ, start_response)
@@ -294,8 +295,10 @@ T = t.TypeVar("T")
 
 
 def run(coroutine: t.Coroutine[t.Any, t.Any, T]) -> T:
-    """One event loop per scenario; the browser's blocking calls in it wait for nothing else."""
-    return asyncio.run(coroutine)
+    """One event loop per scenario, in a thread of its own: the test process may already run a loop
+    (Playwright's, after the browser tests), in which ``asyncio.run`` cannot start another."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def claims_of(jwt: str) -> dict[str, t.Any]:

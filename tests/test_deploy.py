@@ -559,8 +559,11 @@ def test_bff_serve_gives_the_proxy_the_raw_request_target(serve: t.Callable[...,
 def login_starts(
     port: int, forwarded_for: t.Sequence[str], *, source: str = "127.0.0.1", ca: pathlib.Path | None = None
 ) -> list[int]:
-    """The status of ``GET /bff/login`` from ``source`` with each ``X-Forwarded-For`` value in turn."""
-    return [send(port, b"/bff/login", [("X-Forwarded-For", hops)], source=source, ca=ca)[0] for hops in forwarded_for]
+    """The status of ``GET /bff/login`` from ``source`` with each ``X-Forwarded-For`` value in turn (asking
+    for JSON, so that a refusal is the 429 problem rather than a navigation back with an error)."""
+    return [send(port, b"/bff/login", [("X-Forwarded-For", hops), ("Accept", "application/json")],
+                 source=source, ca=ca)[0]
+            for hops in forwarded_for]
 
 
 # With BFF_RATE_LIMIT_LOGIN at 2/day, the third login start of one client address is refused: the limits

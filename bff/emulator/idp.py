@@ -455,7 +455,11 @@ class IdentityProvider:
         self, tx: LoginTransaction, *, email: str = "", error: str | None = None, status: int = 200
     ) -> Response:
         html = render_template(
-            "login.html", tx=tx.id, email=email or tx.request.login_hint or "", error=error
+            "login.html",
+            tx=tx.id,
+            email=email or tx.request.login_hint or "",
+            error=error,
+            demo_credentials=self.state.config.show_demo_credentials,
         )
         return Response(html, status=status)
 

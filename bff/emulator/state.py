@@ -175,6 +175,8 @@ class EmulatorConfig:
     client_secret: str
     bff_base_url: str
     allowed_logout_urls: t.Sequence[str] | None = None
+    #: Show the demo user's email and password on the login page (``bff demo`` only; off for tests).
+    show_demo_credentials: bool = False
 
     def __post_init__(self) -> None:
         if not self.client_id or not self.client_secret:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
 
-from bff.demo import demo_static_dir
-from tests.browser.spa import Screenshots, Spa
+from bff.demo import demo_content_security_policy, demo_static_dir, with_demo_config
+from tests.browser.spa import Screenshots, Spa, serve_with_policy
 from tests.conftest import Stack, StackFactory
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -112,10 +112,27 @@ def page(context: BrowserContext, screenshots: Screenshots, request: pytest.Fixt
 
 @pytest.fixture
 def demo(make_stack: StackFactory) -> Stack:
-    """The emulator and a BFF on ``http://localhost:<port>`` serving the demo SPA, with the test Redis."""
-    return make_stack(host="localhost", static_dir=demo_static_dir())
+    """The emulator and a BFF on ``http://localhost:<port>`` serving the demo SPA, with the test Redis and
+    the policy ``bff demo`` serves it with (the emulator's avatars allowed)."""
+    stack = make_stack(host="localhost", static_dir=demo_static_dir())
+    serve_with_policy(stack, demo_content_security_policy(stack.emulator.url))
+    # What ``bff demo`` adds to the BFF: /demo-config.json, naming the emulator's inbox.
+    stack.app.wsgi_app = with_demo_config(stack.app.wsgi_app, stack.emulator.url)
+    return stack
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "confirm_dialogs: the test answers the demo's confirmation dialogs itself"
+    )
 
 
 @pytest.fixture
-def spa(page: Page, demo: Stack, screenshots: Screenshots) -> Spa:
+def spa(page: Page, demo: Stack, screenshots: Screenshots, request: pytest.FixtureRequest) -> Spa:
+    """The demo SPA. Its destructive actions ask for confirmation in an in-page dialog; unless the test is
+    marked ``confirm_dialogs`` (and answers them itself), every dialog that opens is confirmed."""
+    if request.node.get_closest_marker("confirm_dialogs") is None:
+        page.add_locator_handler(
+            page.get_by_test_id("confirm-dialog"), lambda dialog: dialog.get_by_test_id("confirm-ok").click()
+        )
     return Spa(page, demo, screenshots)

@@ -1,6 +1,6 @@
 // Connected accounts (Token Vault): list, connect through the BFF, disconnect.
 import { connect, myAccount } from "/bff/static/bff.js";
-import { $, el, formatDate, placeholder, run } from "./ui.js";
+import { $, confirmAction, connectionLabel, el, formatDate, placeholder, run, scopeLabel } from "./ui.js";
 
 const MAX_PAGES = 5;
 
@@ -19,7 +19,7 @@ async function allPages(fetchPage, key) {
 
 function accountItem(account) {
   const meta = [
-    account.scopes?.length ? `Scopes: ${account.scopes.join(", ")}` : null,
+    account.scopes?.length ? `Can access: ${account.scopes.map(scopeLabel).join(", ")}` : null,
     `Connected ${formatDate(account.created_at)}`,
     account.expires_at ? `Expires ${formatDate(account.expires_at)}` : null,
   ].filter(Boolean).join(" · ");
@@ -27,10 +27,12 @@ function accountItem(account) {
     class: "button small danger",
     type: "button",
     "data-testid": "disconnect",
-    "aria-label": `Disconnect ${account.connection}`,
+    "aria-label": `Disconnect ${connectionLabel(account.connection)}`,
     text: "Disconnect",
   });
   button.addEventListener("click", async () => {
+    const label = connectionLabel(account.connection);
+    if (!await confirmAction(`Disconnect your ${label} account? The application loses access to it.`, "Disconnect")) return;
     const result = await run(() => myAccount.deleteConnectedAccount(account.id), {
       user: true,
       control: button,
@@ -47,7 +49,7 @@ function accountItem(account) {
     "data-account-id": account.id,
     "data-connection": account.connection,
   },
-  el("div", { class: "item-body" }, el("span", { class: "item-title", text: account.connection }), el("span", { class: "item-meta", text: meta })),
+  el("div", { class: "item-body" }, el("span", { class: "item-title", text: connectionLabel(account.connection) }), el("span", { class: "item-meta", text: meta })),
   el("div", { class: "item-actions" }, button));
 }
 
@@ -58,20 +60,20 @@ function connectionItem(connection) {
     const id = `scope-${++scopeCounter}`;
     return el("span", { class: "check" },
       el("input", { type: "checkbox", id, value: scope, "data-testid": "connect-scope" }),
-      el("label", { for: id, text: scope }));
+      el("label", { for: id, text: scopeLabel(scope), title: scope }));
   });
   const button = el("button", {
     class: "button small",
     type: "button",
     id: `connect-${connection.name}`,
     "data-testid": `connect-${connection.name}`,
-    "aria-label": `Connect ${connection.name}`,
+    "aria-label": `Connect ${connectionLabel(connection.name)}`,
     text: "Connect",
   });
   const scopes = checkboxes.length
     ? el("details", { class: "scopes" },
       el("summary", { text: `Permissions to request (${checkboxes.length})` }),
-      el("fieldset", {}, el("legend", { class: "visually-hidden", text: `Permissions for ${connection.name}` }), checkboxes))
+      el("fieldset", {}, el("legend", { class: "visually-hidden", text: `Permissions for ${connectionLabel(connection.name)}` }), checkboxes))
     : null;
   button.addEventListener("click", () => {
     const chosen = checkboxes.map((c) => c.querySelector("input")).filter((input) => input.checked).map((input) => input.value);
@@ -79,8 +81,7 @@ function connectionItem(connection) {
   });
   return el("li", { class: "item", "data-testid": "connection-item", "data-connection": connection.name },
     el("div", { class: "item-body" },
-      el("span", { class: "item-title", text: connection.name }),
-      el("span", { class: "item-meta", text: connection.strategy }),
+      el("span", { class: "item-title", text: connectionLabel(connection.name) }),
       scopes),
     el("div", { class: "item-actions" }, button));
 }

@@ -6,8 +6,9 @@ import { renderProfile, stopProfile } from "./profile.js";
 import { loadSessions } from "./sessions.js";
 import { $, clearMessages, el, placeholder, run, showError, showNotice, stepUpTarget, typeLabel } from "./ui.js";
 
-// Show our own "Verify it's you" prompt instead of leaving the page at once.
-configure({ redirectOnStepUp: false });
+// Show our own "Verify it's you" prompt instead of leaving the page at once; when the session is over,
+// go to log in (and come back here) rather than only announcing bff:session-expired.
+configure({ redirectOnAuth: true, redirectOnStepUp: false });
 
 const RETURN_ERRORS = {
   access_denied: "The request was declined or cancelled.",
@@ -88,9 +89,45 @@ async function recheck() {
   }
 }
 
+// What happened before the last navigation, told on the page we come back to (this tab only).
+const SIGNED_OUT = "demo:signed-out";
+const SESSION_ENDED = "demo:session-ended";
+
+function remembered(key) {
+  try {
+    const value = sessionStorage.getItem(key);
+    sessionStorage.removeItem(key);
+    return value !== null;
+  } catch {
+    return false;
+  }
+}
+
+function remember(key) {
+  try {
+    sessionStorage.setItem(key, "1");
+  } catch {
+    // Storage refused: the notice is only a courtesy.
+  }
+}
+
+const ENDED_ELSEWHERE = "Your session was ended, from another device or because it timed out.";
+
+/** The BFF answered 401 to a call: the session is over although this page still showed it. */
+function sessionExpired() {
+  remember(SESSION_ENDED);
+  showNotice(`${ENDED_ELSEWHERE} Taking you to log in…`);
+}
+
+async function logOut(control) {
+  remember(SIGNED_OUT);
+  const result = await run(() => logout(), { user: true, control });
+  if (!result.ok) remembered(SIGNED_OUT);
+}
+
 async function boot() {
   $("login").addEventListener("click", () => login());
-  $("logout").addEventListener("click", (event) => run(() => logout(), { user: true, control: event.currentTarget }));
+  $("logout").addEventListener("click", (event) => logOut(event.currentTarget));
   $("step-up").addEventListener("click", () => {
     // Only follow a same-origin login URL; otherwise start a plain login here.
     const target = stepUpTarget() && new URL(stepUpTarget(), window.location.href);
@@ -98,13 +135,22 @@ async function boot() {
     else login();
   });
   $("dismiss-messages").addEventListener("click", clearMessages);
+  document.addEventListener("bff:session-expired", sessionExpired);
   document.addEventListener("bff:session-expired", recheck);
 
+  const signedOut = remembered(SIGNED_OUT);
+  const ended = remembered(SESSION_ENDED);
   handleReturn();
   const result = await run(() => user());
   if (!result.ok) return showSignedOut();
-  if (result.value) showSignedIn(result.value);
-  else showSignedOut();
+  if (result.value) {
+    showSignedIn(result.value);
+    if (ended) showNotice(`${ENDED_ELSEWHERE} You are signed in again.`);
+  } else {
+    showSignedOut();
+    if (signedOut) showNotice("You have been signed out.");
+    else if (ended) showNotice(`${ENDED_ELSEWHERE} Log in again to continue.`);
+  }
 }
 
 boot();

@@ -2,7 +2,7 @@
 // email, phone and recovery codes through the My Account API.
 import { myAccount } from "/bff/static/bff.js";
 import { renderQr } from "./qr.js";
-import { $, el, formatDate, placeholder, run, typeLabel } from "./ui.js";
+import { $, confirmAction, describeDevice, el, formatDate, placeholder, run, typeLabel } from "./ui.js";
 
 const PANELS = ["totp-panel", "otp-panel", "recovery-panel"];
 // The API defines no friendly name for these types, so they cannot be renamed.
@@ -11,12 +11,28 @@ const NAMELESS = new Set(["password", "passkey", "recovery-code"]);
 /** The enrollment waiting for verification: where to verify and its auth_session. */
 let pending = null;
 let renameCounter = 0;
+/** The email or phone form whose enrollment is pending: cleared once it is verified. */
+let pendingForm = null;
+/** The demo's inbox of one-time codes (the emulator's /inbox), from /demo-config.json. */
+let inboxUrl = "";
+
+async function loadDemoConfig() {
+  try {
+    const response = await fetch("/demo-config.json", { credentials: "omit", cache: "no-store" });
+    if (!response.ok) return;
+    const config = await response.json();
+    if (typeof config.inbox_url === "string" && /^https?:\/\//.test(config.inbox_url)) inboxUrl = config.inbox_url;
+  } catch {
+    // Not served by `bff demo`: no inbox to link.
+  }
+}
 
 function subtitle(method) {
   const parts = [];
   const title = titleOf(method);
   if (typeLabel(method.type) !== title) parts.push(typeLabel(method.type));
-  for (const value of [method.email, method.phone_number, method.user_agent]) {
+  if (method.type === "passkey") parts.push("Passkey");
+  for (const value of [method.email, method.phone_number]) {
     if (value && value !== title) parts.push(value);
   }
   if (method.confirmed === false) parts.push("Not verified yet");
@@ -26,6 +42,8 @@ function subtitle(method) {
 }
 
 function titleOf(method) {
+  // Passkeys are named by the device they were created on, as sessions are ("Chrome on Linux").
+  if (method.type === "passkey" && !method.name && method.user_agent) return describeDevice(method.user_agent);
   return method.name || method.email || method.phone_number || typeLabel(method.type);
 }
 
@@ -87,10 +105,12 @@ function startRename(item, body, method, title) {
 }
 
 async function deleteMethod(method, title, button) {
+  const what = method.type === "passkey" ? `the passkey on ${title}` : title;
+  if (!await confirmAction(`Delete ${what}? You won't be able to sign in with it any more.`, "Delete")) return;
   const result = await run(() => myAccount.deleteAuthenticationMethod(method.id), {
     user: true,
     control: button,
-    success: `${title} removed.`,
+    success: `${method.type === "passkey" ? "Passkey" : title} removed.`,
   });
   if (result.ok) {
     await loadMethods();
@@ -143,6 +163,8 @@ async function finish(body, control) {
   });
   if (result.ok) {
     closeEnrollment();
+    if (pendingForm) pendingForm.reset();
+    pendingForm = null;
     await loadMethods();
     $("methods-title").focus();
   }
@@ -178,7 +200,10 @@ async function enrollTotp(button) {
 async function enrollOtp(type, body, form, message) {
   const data = await begin(type, body, form);
   if (!data) return;
+  pendingForm = form;
   $("otp-message").textContent = message;
+  $("inbox-hint").hidden = !inboxUrl;
+  if (inboxUrl) $("inbox-link").href = inboxUrl;
   openPanel("otp-panel", "otp-code");
 }
 
@@ -194,6 +219,7 @@ async function enrollRecovery(button) {
  * @param {Record<string, unknown>} claims Used to prefill the email address.
  */
 export function initMethods(claims) {
+  loadDemoConfig();
   if (typeof claims.email === "string") $("email-address").value = claims.email;
   $("enroll-passkey").addEventListener("click", (event) => enrollPasskey(event.currentTarget));
   $("enroll-totp").addEventListener("click", (event) => enrollTotp(event.currentTarget));

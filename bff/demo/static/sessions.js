@@ -1,6 +1,6 @@
 // The user's BFF sessions (one per browser or device), each of which can be ended.
 import { endSession, listSessions } from "/bff/static/bff.js";
-import { $, el, formatDate, placeholder, run } from "./ui.js";
+import { $, confirmAction, el, formatDate, placeholder, run } from "./ui.js";
 
 function sessionItem(session, onCurrentEnded) {
   const device = session.device || "Unknown device";
@@ -12,6 +12,10 @@ function sessionItem(session, onCurrentEnded) {
     text: "End session",
   });
   button.addEventListener("click", async () => {
+    const question = session.current
+      ? "End the session on this device? You will be logged out here."
+      : `End the session on ${device}? That device will be logged out.`;
+    if (!await confirmAction(question, "End session")) return;
     const result = await run(() => endSession(session.id), {
       user: true,
       control: button,

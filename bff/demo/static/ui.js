@@ -41,9 +41,38 @@ function busyEnd() {
   $("main").removeAttribute("aria-busy");
 }
 
-// Messages stay pinned under the top bar until dismissed or the next action.
+// Messages stay pinned under the top bar until dismissed or the next action. Their height is kept in
+// --messages-height so focused and scrolled-to elements stop below them, never under them.
 function syncMessages() {
   $("dismiss-messages").hidden = !$("error").textContent && !$("notice").textContent && $("step-up-panel").hidden;
+  const box = document.querySelector(".messages");
+  if (!box) return;
+  document.documentElement.style.setProperty("--messages-height", `${box.offsetHeight}px`);
+  const focused = document.activeElement;
+  if (focused && focused !== document.body && focused.getBoundingClientRect().top < box.getBoundingClientRect().bottom) {
+    focused.scrollIntoView({ block: "start" });
+  }
+}
+
+/**
+ * Ask before a destructive action, in the page's own dialog.
+ * @param {string} text The question. @param {string} action The confirming button's label.
+ * @returns {Promise<boolean>} Whether the user confirmed.
+ */
+export function confirmAction(text, action) {
+  const dialog = $("confirm-dialog");
+  $("confirm-message").textContent = text;
+  $("confirm-ok").textContent = action;
+  const opener = document.activeElement;
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => {
+      resolve(dialog.returnValue === "ok");
+      if (opener?.isConnected) opener.focus();
+    }, { once: true });
+    dialog.returnValue = "";
+    dialog.showModal();
+    $("confirm-cancel").focus();
+  });
 }
 
 export function clearMessages() {
@@ -108,7 +137,8 @@ export function describeError(error) {
 /** Show a failure in the right place: step-up prompt, sign-in notice or error region. */
 export function report(error) {
   if (error instanceof BffError && error.isStepUp) return showStepUp(error);
-  if (error instanceof BffError && error.redirecting) return showNotice("Your session has ended. Taking you to log in…");
+  // The page's bff:session-expired listener has said why; keep its notice.
+  if (error instanceof BffError && error.redirecting) return $("notice").textContent ? undefined : showNotice("Your session has ended. Taking you to log in…");
   const { text, details } = describeError(error);
   showError(text, details);
 }
@@ -179,3 +209,66 @@ const TYPE_LABELS = {
 
 /** @param {string} type */
 export const typeLabel = (type) => TYPE_LABELS[type] || type;
+
+// Device names, as the BFF gives them for sessions (bff/auth/sessions.py describe_device).
+const BROWSERS = [["Edg/", "Edge"], ["OPR/", "Opera"], ["Firefox/", "Firefox"], ["Chrome/", "Chrome"],
+  ["Chromium/", "Chromium"], ["Safari/", "Safari"]];
+const SYSTEMS = [["iPhone", "iPhone"], ["iPad", "iPad"], ["Android", "Android"], ["Windows", "Windows"],
+  ["Mac OS X", "macOS"], ["CrOS", "ChromeOS"], ["Linux", "Linux"]];
+
+/** "Chrome on Linux" for a User-Agent string: the same rules as the BFF's session names. */
+export function describeDevice(userAgent) {
+  const ua = userAgent || "";
+  const browser = BROWSERS.find(([marker]) => ua.includes(marker))?.[1];
+  const system = SYSTEMS.find(([marker]) => ua.includes(marker))?.[1];
+  if (browser && system) return `${browser} on ${system}`;
+  return browser || system || (ua ? ua.slice(0, 40) : "Unknown device");
+}
+
+const CONNECTION_NAMES = {
+  "google-oauth2": "Google",
+  github: "GitHub",
+  windowslive: "Microsoft",
+  "sign-in-with-apple": "Apple",
+  facebook: "Facebook",
+  linkedin: "LinkedIn",
+  twitter: "X (Twitter)",
+  slack: "Slack",
+  dropbox: "Dropbox",
+  box: "Box",
+  salesforce: "Salesforce",
+};
+
+/** "Google" for `google-oauth2`: a connection as a person knows it. */
+export function connectionLabel(name) {
+  if (CONNECTION_NAMES[name]) return CONNECTION_NAMES[name];
+  const word = String(name || "").replace(/-oauth2$/, "").replace(/[-_]+/g, " ");
+  return word.charAt(0).toUpperCase() + word.slice(1);
+}
+
+const SCOPE_WORDS = {
+  openid: "Sign you in",
+  email: "Your email address",
+  profile: "Your basic profile",
+  offline_access: "Stay connected",
+  "read:user": "Read your profile",
+  "user:email": "Your email addresses",
+  repo: "Your repositories",
+};
+
+/** A scope in words: "Calendar events (read-only)" for `https://www.googleapis.com/auth/calendar.events.readonly`. */
+export function scopeLabel(scope) {
+  if (SCOPE_WORDS[scope]) return SCOPE_WORDS[scope];
+  let last = scope;
+  try {
+    last = new URL(scope).pathname.split("/").filter(Boolean).pop() || scope;
+  } catch {
+    // Not a URL: the scope is already a word or two.
+  }
+  const parts = last.split(/[._:]+/).filter(Boolean);
+  const readOnly = parts.at(-1) === "readonly";
+  if (readOnly) parts.pop();
+  const text = parts.join(" ");
+  const sentence = text.charAt(0).toUpperCase() + text.slice(1);
+  return readOnly ? `${sentence} (read-only)` : sentence;
+}
