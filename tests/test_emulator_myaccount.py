@@ -213,6 +213,59 @@ def test_non_json_bodies_are_415(me: MyAccount) -> None:
     assert_error(response, 415)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/authentication-methods", {"type": {}}),
+        ("POST", "/authentication-methods", {"type": []}),
+        ("POST", "/authentication-methods", {"type": None}),
+        ("POST", "/authentication-methods", {"type": 7}),
+        ("POST", "/authentication-methods", []),
+        ("POST", "/authentication-methods", "totp"),
+        ("POST", "/authentication-methods", None),
+        ("POST", "/authentication-methods", {"type": "phone", "phone_number": 15551234567}),
+        ("POST", "/authentication-methods", {"type": "email", "email": ["a@example.com"]}),
+        ("POST", "/authentication-methods", {"type": "passkey", "identity_user_id": {}}),
+        ("PATCH", "/authentication-methods/password%7Cx", {"name": 1}),
+        ("PATCH", "/authentication-methods/password%7Cx", {"preferred_authentication_method": {}}),
+        ("PATCH", "/authentication-methods/password%7Cx", [{"name": "x"}]),
+        ("POST", "/authentication-methods/passkey%7Cnew/verify", {"auth_session": {}}),
+        ("POST", "/authentication-methods/passkey%7Cnew/verify", {"auth_session": ["s"], "otp_code": 1}),
+        ("POST", "/authentication-methods/passkey%7Cnew/verify", []),
+        ("POST", "/connected-accounts/connect", {"connection": {}, "redirect_uri": []}),
+        ("POST", "/connected-accounts/connect", {"connection": "github", "redirect_uri": CALLBACK, "scopes": "a"}),
+        ("POST", "/connected-accounts/connect", {"connection": "github", "redirect_uri": "http://[x"}),
+        (
+            "POST",
+            "/connected-accounts/connect",
+            {"connection": "github", "redirect_uri": CALLBACK, "authorization_params": []},
+        ),
+        ("POST", "/connected-accounts/complete", {"auth_session": 1, "connect_code": {}, "redirect_uri": 2}),
+        ("POST", "/connected-accounts/complete", [1, 2]),
+    ],
+)
+def test_a_body_of_the_wrong_json_shape_is_a_400_error_response_never_a_500(
+    me: MyAccount, method: str, path: str, body: t.Any
+) -> None:
+    response = me.call(method, path, json=body)
+    assert_error(response, 400, "A0E-400-0001")
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_a_400_not_a_500(me: MyAccount) -> None:
+    deep = '{"type": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    response = me.call(
+        "POST", "/authentication-methods", data=deep, headers={"Content-Type": "application/json"}
+    )
+    assert_error(response, 400)
+
+
+@pytest.mark.parametrize("take", ["\u00b2", "\u0661", "1.0", "-1", " 1"])
+def test_a_page_size_that_is_not_plain_ascii_digits_is_400(me: MyAccount, take: str) -> None:
+    response = me.call("GET", "/connected-accounts/connections", params={"take": take})
+    assert_error(response, 400)
+    assert error_fields(response) == {"take"}
+
+
 # ----------------------------------------------------------------------- enrollments
 
 
@@ -239,6 +292,26 @@ def test_passkey_enrollment_verifies_a_real_none_attestation(me: MyAccount) -> N
     assert passkey["identity_user_id"] == me.sub and passkey["usage"] == ["primary"]
     assert passkey["relying_party_id"] == "localhost" and passkey["transports"] == ["internal"]
     assert me.call("GET", verified.headers["Location"]).json() == passkey
+
+
+def test_passkey_creation_options_exclude_the_users_existing_passkeys(me: MyAccount) -> None:
+    first = me.enroll({"type": "passkey"}).json()
+    assert first["authn_params_public_key"]["excludeCredentials"] == []
+    credential = passkey_credential(first["authn_params_public_key"])
+    location = me.base + "/authentication-methods/passkey%7Cnew"
+    verified = me.verify(location, {"auth_session": first["auth_session"], "authn_response": credential})
+    assert verified.status_code == 201, verified.text
+
+    second = me.enroll({"type": "passkey"}).json()
+
+    assert second["authn_params_public_key"]["excludeCredentials"] == [
+        {"id": credential["id"], "type": "public-key", "transports": ["internal"]}
+    ]
+    # The same authenticator's credential is refused even by a client that ignored the list.
+    again = me.verify(location, {"auth_session": second["auth_session"], "authn_response": credential})
+    assert_error(again, 400)
+    opted_out = me.enroll({"type": "passkey", "use_exclude_credentials": False}).json()
+    assert "excludeCredentials" not in opted_out["authn_params_public_key"]
 
 
 def test_passkey_for_another_origin_or_challenge_is_rejected(me: MyAccount) -> None:
@@ -332,6 +405,17 @@ def test_phone_enrollment_rejects_a_wrong_code_then_confirms(me: MyAccount) -> N
     assert verified.json()["phone_number"] == "+15551234567"
 
 
+@pytest.mark.parametrize(
+    "number", ["5551234567", "+1 555 123 4567", "+1-555-1234567", "+05551234567", "+1", "+1234567890123456", "+1555abc"]
+)
+def test_a_phone_number_that_is_not_e164_is_refused(me: MyAccount, number: str) -> None:
+    response = me.call("POST", "/authentication-methods", json={"type": "phone", "phone_number": number})
+    assert_error(response, 400)
+    assert error_fields(response) == {"phone_number"}
+    with pytest.raises(LookupError):
+        me.state.my_account.last_otp(me.sub, "phone")
+
+
 def test_unknown_otp_hook_user_is_404(me: MyAccount) -> None:
     response = me.http.get(
         me.emulator.url + "/_emulator/my-account/otp", params={"sub": "nobody"}, timeout=10
@@ -416,6 +500,40 @@ def test_update_rejects_properties_the_type_does_not_have(me: MyAccount) -> None
     assert_error(me.call("PATCH", me.base + "/authentication-methods/email%7Cnone", json={"name": "x"}), 404)
 
 
+def test_deleting_the_password_method_makes_the_login_form_refuse_the_password(stack: t.Any) -> None:
+    from tests.support.browser import follow, submit_form
+
+    def log_in(password: str) -> requests.Response:
+        browser = stack.browser()
+        started = browser.get(stack.bff_url + "/bff/login", allow_redirects=False, timeout=10)
+        page = follow(browser, started, until=stack.bff_url)
+        assert page.status_code == 200, page.text
+        return submit_form(browser, page, {"email": "alice@example.com", "password": password})
+
+    me = MyAccount(stack.emulator)
+    me.state.my_account.seed_method(me.sub, "passkey", key_id="a2V5", credential_backed_up=False)
+    password = next(m for m in me.call("GET", "/authentication-methods").json()["authentication_methods"]
+                    if m["type"] == "password")
+    assert log_in("alice").status_code == 302
+
+    deleted = me.call("DELETE", "/authentication-methods/" + urllib.parse.quote(password["id"], ""))
+
+    assert deleted.status_code == 204, deleted.text
+    refused = log_in("alice")
+    assert refused.status_code == 400 and "Wrong email or password." in refused.text
+    assert me.call("GET", "/authentication-methods", params={"type": "password"}).json() == {
+        "authentication_methods": []
+    }
+    # Enrolling a password again sets the one the login form accepts.
+    started = me.enroll({"type": "password"})
+    verified = me.verify(
+        started.headers["Location"], {"auth_session": started.json()["auth_session"], "new_password": "Tr0ub4dor&Z"}
+    )
+    assert verified.status_code == 201, verified.text
+    assert log_in("Tr0ub4dor&Z").status_code == 302
+    assert log_in("alice").status_code == 400
+
+
 def test_the_last_primary_method_cannot_be_deleted(me: MyAccount) -> None:
     password = me.call("GET", "/authentication-methods").json()["authentication_methods"][0]["id"]
     location = me.base + "/authentication-methods/" + urllib.parse.quote(password, "")
@@ -486,8 +604,12 @@ def consent(me: MyAccount, started: dict[str, t.Any], decision: str = "allow") -
     return dict(urllib.parse.parse_qsl(target.query))
 
 
-def connect_account(me: MyAccount, connection: str = "google-oauth2") -> dict[str, t.Any]:
-    started = start_connect(me, connection=connection)
+def connect_account(
+    me: MyAccount, connection: str = "google-oauth2", login_hint: str | None = None
+) -> dict[str, t.Any]:
+    """Connect ``connection``; ``login_hint`` picks the account at the provider (default: the user's email)."""
+    extra = {"authorization_params": {"login_hint": login_hint}} if login_hint else {}
+    started = start_connect(me, connection=connection, **extra)
     query = consent(me, started)
     body = completion(started, query)
     response = me.call("POST", "/connected-accounts/complete", json=body)
@@ -576,6 +698,26 @@ def test_a_wrong_code_verifier_is_rejected(me: MyAccount) -> None:
     assert me.call("GET", "/connected-accounts/accounts").json() == {"accounts": []}
 
 
+def test_the_same_external_account_cannot_be_connected_twice(me: MyAccount) -> None:
+    first = connect_account(me)
+    started = start_connect(me)
+    page = me.http.get(started["connect_uri"], params=started["connect_params"], timeout=10)
+    assert "alice@example.com" in page.text  # the provider's page names the account being connected
+    body = completion(started, consent(me, started))
+
+    duplicate = me.call("POST", "/connected-accounts/complete", json=body)
+
+    assert "already connected" in assert_error(duplicate, 409, "A0E-409-0001")["detail"]
+    assert me.call("GET", "/connected-accounts/accounts").json() == {"accounts": [first]}
+    # Another account at the same provider, or the same one at another provider, or again once deleted.
+    other = connect_account(me, login_hint="alice.work@example.com")
+    github = connect_account(me, "github")
+    assert me.call("DELETE", f"/connected-accounts/accounts/{first['id']}").status_code == 204
+    again = connect_account(me)
+    listed = me.call("GET", "/connected-accounts/accounts").json()["accounts"]
+    assert [a["id"] for a in listed] == [other["id"], github["id"], again["id"]]
+
+
 def test_complete_checks_code_and_redirect_uri(me: MyAccount) -> None:
     started = start_connect(me)
     query = consent(me, started)
@@ -615,7 +757,7 @@ def test_tickets_and_auth_sessions_expire(me: MyAccount) -> None:
 
 
 def test_accounts_filter_by_connection_and_paginate(me: MyAccount) -> None:
-    google = [connect_account(me)["id"], connect_account(me)["id"]]
+    google = [connect_account(me)["id"], connect_account(me, login_hint="alice.work@example.com")["id"]]
     github = connect_account(me, "github")["id"]
 
     def ids(**params: t.Any) -> tuple[list[str], str | None]:
@@ -716,4 +858,38 @@ def test_calls_are_counted_per_route(me: MyAccount) -> None:
 
 def test_unknown_routes_are_404_error_responses(me: MyAccount) -> None:
     assert_error(me.call("GET", "/nothing-here"), 404, "A0E-404-0001")
-    assert_error(me.call("PUT", "/factors"), 404)
+    assert_error(me.call("PUT", "/nothing-here"), 404)
+    assert_error(me.call("GET", "/factors/"), 404)
+    assert_error(me.call("FOO", "/nothing-here"), 404)
+    assert_error(me.http.get(me.emulator.url + "/me/v1", timeout=10), 404)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/factors", "GET"),
+        ("POST", "/factors", "GET"),
+        ("DELETE", "/authentication-methods", "GET, POST"),
+        ("PUT", "/authentication-methods/totp%7Cdev_x", "GET, DELETE, PATCH"),
+        ("GET", "/authentication-methods/totp%7Cdev_x/verify", "POST"),
+        ("GET", "/connected-accounts/connect", "POST"),
+        ("PATCH", "/connected-accounts/accounts/cac_x", "DELETE"),
+        ("FOO", "/consents", "GET"),
+    ],
+)
+def test_a_method_the_spec_does_not_declare_for_a_path_is_405_with_the_spec_methods_in_allow(
+    me: MyAccount, method: str, path: str, allow: str
+) -> None:
+    # Refused before the token is looked at, like a route that does not exist.
+    response = me.http.request(method, me.base + path, timeout=10)
+    assert_error(response, 405, "A0E-405-0001")
+    assert response.headers["Allow"] == allow
+    assert response.headers["x-ratelimit-limit"]
+
+
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS"])
+def test_head_and_options_are_405_because_the_spec_declares_neither(me: MyAccount, method: str) -> None:
+    response = me.call(method, "/factors")
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET"
+    assert me.state.my_account.calls["GET /factors"] == 0

@@ -1,8 +1,9 @@
 """Enrolling, reading, renaming and deleting authentication methods through the BFF's /me/v1 proxy.
 
-Every enrollable type of the spec, end to end against the emulator: the SPA sees only ``/me/v1``
-paths (``Location`` rewritten), never a token, and the emulator verifies what it is sent for real
-(a ``none`` attestation, TOTP codes, the codes it "sent" by email and text message).
+Every enrollable type of the spec, end to end against the emulator: the SPA sees only the BFF's
+``/me/v1`` URLs (``Location`` rewritten to the BFF's origin), never a token, and the emulator verifies
+what it is sent for real (a ``none`` attestation, TOTP codes, the codes it "sent" by email and text
+message).
 """
 
 from __future__ import annotations
@@ -33,18 +34,19 @@ def enroll(stack: Stack, http: requests.Session, body: dict[str, t.Any]) -> requ
     response = http.post(stack.bff_url + METHODS, json=body)
     assert response.status_code == 202, response.text
     location = response.headers["Location"]
-    assert location.startswith(METHODS + "/"), location  # the API's absolute URL never reaches the SPA
+    # The BFF's absolute URL of the method: the API's own never reaches the SPA.
+    assert location.startswith(stack.bff_url + METHODS + "/"), location
     return response
 
 
 def verify(stack: Stack, http: requests.Session, started: requests.Response, **body: t.Any) -> requests.Response:
     body.setdefault("auth_session", started.json()["auth_session"])
-    return http.post(stack.bff_url + started.headers["Location"] + "/verify", json=body)
+    return http.post(started.headers["Location"] + "/verify", json=body)
 
 
-def confirmed(response: requests.Response) -> dict[str, t.Any]:
+def confirmed(stack: Stack, response: requests.Response) -> dict[str, t.Any]:
     assert response.status_code == 201, response.text
-    assert response.headers["Location"].startswith(METHODS + "/")
+    assert response.headers["Location"].startswith(stack.bff_url + METHODS + "/")
     return t.cast(dict[str, t.Any], response.json())
 
 
@@ -62,12 +64,12 @@ def test_factors_are_listed(stack: Stack, http: requests.Session) -> None:
 
 def test_passkey_enrollment_with_a_real_none_attestation(stack: Stack, http: requests.Session) -> None:
     started = enroll(stack, http, {"type": "passkey"})
-    assert started.headers["Location"] == METHODS + "/passkey%7Cnew"
+    assert started.headers["Location"] == stack.bff_url + METHODS + "/passkey%7Cnew"
     options = started.json()["authn_params_public_key"]
     assert options["rp"]["id"] == "127.0.0.1"
     credential = passkey_credential(options, origin=stack.bff_url)
 
-    passkey = confirmed(verify(stack, http, started, authn_response=credential))
+    passkey = confirmed(stack, verify(stack, http, started, authn_response=credential))
 
     assert passkey["type"] == "passkey" and passkey["id"] != "passkey|new"
     assert passkey["key_id"] == credential["id"]
@@ -89,7 +91,7 @@ def test_totp_enrollment_with_the_manual_input_code(stack: Stack, http: requests
     assert started.json()["barcode_uri"].startswith("otpauth://totp/")
     assert verify(stack, http, started, otp_code="000000").status_code == 400
 
-    totp = confirmed(verify(stack, http, started, otp_code=pyotp.TOTP(secret).at(int(stack.idp.clock.now()))))
+    totp = confirmed(stack, verify(stack, http, started, otp_code=pyotp.TOTP(secret).at(int(stack.idp.clock.now()))))
 
     assert totp["confirmed"] is True and totp["type"] == "totp"
     assert stack.idp.users[sub_of(stack, http)].totp_secrets == [secret]
@@ -111,7 +113,7 @@ def test_email_and_phone_enrollment_with_the_code_sent(
     wrong = "000000" if code != "000000" else "111111"
     assert verify(stack, http, started, otp_code=wrong).status_code == 400
 
-    method = confirmed(verify(stack, http, started, otp_code=code))
+    method = confirmed(stack, verify(stack, http, started, otp_code=code))
 
     assert method["type"] == body["type"] and method["confirmed"] is True
     assert method[attribute] == body[attribute]
@@ -126,7 +128,7 @@ def test_recovery_code_and_push_enrollment_confirm_with_the_auth_session(
         assert len(started.json()["recovery_code"]) == 24
     else:
         assert started.json()["barcode_uri"].startswith("otpauth://")
-    method = confirmed(verify(stack, http, started))
+    method = confirmed(stack, verify(stack, http, started))
     assert method["type"] == kind and method["confirmed"] is True
 
 
@@ -134,11 +136,11 @@ def test_password_enrollment_enforces_the_policy_and_changes_the_login_password(
     stack: Stack, http: requests.Session
 ) -> None:
     started = enroll(stack, http, {"type": "password"})
-    assert started.headers["Location"] == METHODS + "/password%7Cnew"
+    assert started.headers["Location"] == stack.bff_url + METHODS + "/password%7Cnew"
     assert started.json()["policy"]["complexity"]["min_length"] == 8
     assert verify(stack, http, started, new_password="abcdefgh").status_code == 400
 
-    confirmed(verify(stack, http, started, new_password="Tr0ub4dor&Z"))
+    confirmed(stack, verify(stack, http, started, new_password="Tr0ub4dor&Z"))
 
     fresh = stack.browser()
     assert login(fresh, stack.bff_url, password="Tr0ub4dor&Z").status_code == 302
@@ -146,7 +148,7 @@ def test_password_enrollment_enforces_the_policy_and_changes_the_login_password(
 
 def test_a_method_is_renamed_read_and_deleted(stack: Stack, http: requests.Session) -> None:
     started = enroll(stack, http, {"type": "phone", "phone_number": "+15551234567"})
-    method = confirmed(verify(stack, http, started, otp_code=stack.idp.my_account.last_otp(sub_of(stack, http))))
+    method = confirmed(stack, verify(stack, http, started, otp_code=stack.idp.my_account.last_otp(sub_of(stack, http))))
     location = stack.bff_url + METHODS + "/" + method["id"].replace("|", "%7C")
 
     renamed = http.patch(location, json={"name": "Work phone", "preferred_authentication_method": "voice"})
@@ -160,7 +162,7 @@ def test_a_method_is_renamed_read_and_deleted(stack: Stack, http: requests.Sessi
 
 def test_the_list_filters_by_type(stack: Stack, http: requests.Session) -> None:
     started = enroll(stack, http, {"type": "recovery-code"})
-    confirmed(verify(stack, http, started))
+    confirmed(stack, verify(stack, http, started))
     assert {method["type"] for method in methods(stack, http)} == {"password", "recovery-code"}
     assert [method["type"] for method in methods(stack, http, type="recovery-code")] == ["recovery-code"]
     assert methods(stack, http, type="email") == []

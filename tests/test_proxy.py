@@ -45,24 +45,24 @@ def test_totp_enrollment_rename_and_delete_end_to_end(stack: Stack) -> None:
     started = http.post(stack.bff_url + "/me/v1/authentication-methods", json={"type": "totp"})
     assert started.status_code == 202, started.text
     location = started.headers["Location"]
-    assert location.startswith("/me/v1/authentication-methods/totp%7C")
+    assert location.startswith(stack.bff_url + "/me/v1/authentication-methods/totp%7C")
     enrollment = started.json()
     assert enrollment["barcode_uri"].startswith("otpauth://totp/")
     code = pyotp.TOTP(enrollment["manual_input_code"]).now()
     verified = http.post(
-        stack.bff_url + location + "/verify",
+        location + "/verify",
         json={"auth_session": enrollment["auth_session"], "otp_code": code},
     )
     assert verified.status_code == 201, verified.text
-    method_path = verified.headers["Location"]
-    assert method_path.startswith("/me/v1/authentication-methods/totp%7C")
+    method_url = verified.headers["Location"]
+    assert method_url.startswith(stack.bff_url + "/me/v1/authentication-methods/totp%7C")
     listed = http.get(stack.bff_url + "/me/v1/authentication-methods", params={"type": "totp"}).json()
     assert len(listed["authentication_methods"]) == 1
-    renamed = http.patch(stack.bff_url + method_path, json={"name": "Work phone"})
+    renamed = http.patch(method_url, json={"name": "Work phone"})
     assert renamed.status_code == 200, renamed.text
-    assert http.get(stack.bff_url + method_path).json()["name"] == "Work phone"
-    assert http.delete(stack.bff_url + method_path).status_code == 204
-    assert http.get(stack.bff_url + method_path).status_code == 404
+    assert http.get(method_url).json()["name"] == "Work phone"
+    assert http.delete(method_url).status_code == 204
+    assert http.get(method_url).status_code == 404
 
 
 def test_upstream_errors_pass_through_unchanged(stack: Stack) -> None:
@@ -278,7 +278,8 @@ def test_response_headers_are_filtered_and_location_rewritten(make_stack: StackF
         ]))
         response = http.post(stack.bff_url + "/me/v1/authentication-methods", json={"type": "passkey"})
         assert response.status_code == 202
-        assert response.headers["Location"] == "/me/v1/authentication-methods/passkey%7Cnew"
+        # An absolute URL, as the spec declares Location a URI, on the BFF's origin.
+        assert response.headers["Location"] == stack.bff_url + "/me/v1/authentication-methods/passkey%7Cnew"
         assert "upstream" not in response.headers.get("Set-Cookie", "")
         assert "Proxy-Authenticate" not in response.headers and "X-Internal" not in response.headers
         assert response.headers["x-ratelimit-remaining"] == "24"

@@ -5,7 +5,8 @@ is single-use and expires with its flow. The page is sent with ``no-store``, ``n
 ``frame-ancestors 'none'`` so the ticket does not leak into caches or referrers and the Allow
 button cannot be clickjacked.
 
-``GET /connect?ticket=...`` shows the connection and the scopes with Allow and Deny. The form posts
+``GET /connect?ticket=...`` shows the connection, the account at the provider being connected (the
+request's ``login_hint``, else the user's email) and the scopes, with Allow and Deny. The form posts
 back to ``/connect``; Allow redirects to the flow's ``redirect_uri`` with ``connect_code`` and
 ``state``, Deny with ``error=access_denied``.
 """
@@ -34,10 +35,8 @@ def blueprint(store: MyAccountState) -> Blueprint:
             flow = store.consent_request(ticket)
         except ConnectTicketError as exc:
             return _page(render_template("connect_error.html", message=str(exc)), 400)
-        with store.idp.lock:
-            user = store.idp.users.get(flow.sub)
-            account = user.email if user is not None else flow.sub
-        html = render_template("connect_consent.html", flow=flow, account=account, ticket=ticket)
+        # The provider's page names who is signed in there: the external account being connected.
+        html = render_template("connect_consent.html", flow=flow, account=flow.external_account, ticket=ticket)
         return _page(html, 200, redirect_uri=flow.redirect_uri)
 
     @bp.post(CONNECT_PATH)

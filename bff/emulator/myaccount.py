@@ -6,8 +6,11 @@ Security first: requests are authenticated as Auth0 does it. A Bearer access tok
 operation (403 ``insufficient_scope`` otherwise). The user is the token's ``sub``.
 
 Every operation of the spec is served; :func:`register` refuses to start if one lacks a handler.
-Request bodies are validated against the spec's schemas, errors use its ``ErrorResponse`` shape,
-and every response carries the ``x-ratelimit-*`` headers. The data and the test controls live in
+Request bodies are validated against the spec's schemas, a body of the wrong JSON shape is a 400 and
+never a server error, errors use its ``ErrorResponse`` shape, and every response carries the
+``x-ratelimit-*`` headers. A path of the spec asked with a method the spec does not declare for it
+(``HEAD`` and ``OPTIONS`` included) is a 405 whose ``Allow`` lists the spec's methods for that path;
+any other path is a 404. The data and the test controls live in
 :class:`~bff.emulator.myaccount_state.MyAccountState`, attached to the IdP state as
 ``state.my_account``; the consent page of Connected Accounts is in :mod:`bff.emulator.connect`.
 """
@@ -65,8 +68,17 @@ class _MyAccountApi:
         self.idp = idp
         self.store = store
         self.spec = spec
-        # Endpoint -> "METHOD /path" as the spec writes it, the key of ``store.calls``.
-        self.call_keys: dict[str, str] = {}
+        # Each path template of the spec, as a pattern over the (decoded) path under ``/me/v1``, with the
+        # methods the spec declares for it, in the spec's order.
+        self.paths: list[tuple[re.Pattern[str], str, list[str]]] = []
+        for method, path in spec.operations():
+            known = next((entry for entry in self.paths if entry[1] == path), None)
+            if known is None:
+                parts = re.split(r"(\{\w+\})", path)
+                pattern = "".join("[^/]+" if part.startswith("{") else re.escape(part) for part in parts)
+                known = (re.compile(pattern), path, [])
+                self.paths.append(known)
+            known[2].append(method)
 
     def handlers(self) -> dict[str, Handler]:
         """The handler of each spec ``operationId``."""
@@ -90,27 +102,34 @@ class _MyAccountApi:
 
     def blueprint(self) -> Blueprint:
         bp = Blueprint("myaccount", __name__, url_prefix=API_PREFIX)
-        bp.before_request(self.before_request)
-        bp.after_request(self.after_request)
+        # App-wide hooks that act on API paths only: unlike a blueprint's own hooks they also run for a
+        # request no rule matches (an unknown path, a method no rule has), which must get the API's
+        # answers too, not Flask's HTML pages.
+        bp.before_app_request(self.before_request)
+        bp.after_app_request(self.after_request)
         handlers = self.handlers()
         for method, path in self.spec.operations():
             operation_id = self.spec.operation(method, path)["operationId"]
             if operation_id not in handlers:
                 raise RuntimeError(f"the emulator does not implement {method} {path} ({operation_id})")
-            self.call_keys[f"myaccount.{operation_id}"] = f"{method} {path}"
             rule = re.sub(r"\{(\w+)\}", r"<\1>", path)
             view = self.guard(method, path, handlers[operation_id])
-            bp.add_url_rule(rule, endpoint=operation_id, view_func=view, methods=[method])
-        everything = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-        bp.add_url_rule("/", endpoint="unknown_root", view_func=self.unknown, methods=everything)
-        bp.add_url_rule("/<path:rest>", endpoint="unknown", view_func=self.unknown, methods=everything)
+            # No automatic OPTIONS answer: the spec declares none (before_request answers 405 first anyway).
+            bp.add_url_rule(
+                rule, endpoint=operation_id, view_func=view, methods=[method], provide_automatic_options=False
+            )
         return bp
 
     # ----------------------------------------------------------------- around every request
 
     def before_request(self) -> ResponseReturnValue | None:
+        """Count the call, then answer the rate limit, an injected fault, 404 or 405 before any handler."""
+        if request.path != API_PREFIX and not request.path.startswith(API_PREFIX + "/"):
+            return None
         relative = request.path.removeprefix(API_PREFIX)
-        key = self.call_keys.get(request.endpoint or "", f"{request.method} {relative}")
+        found = next(((path, methods) for pattern, path, methods in self.paths if pattern.fullmatch(relative)), None)
+        # ``store.calls`` counts by the spec's path template, unknown paths by the path itself.
+        key = f"{request.method} {found[0] if found is not None else relative}"
         status = self.store.count_request(key)
         g.my_account_rate = status
         if status.limited:
@@ -120,7 +139,18 @@ class _MyAccountApi:
                 headers={"retry-after": str(status.retry_after), "x-auth0-error-kind": "global-rate-limit"},
             )
         fault = self.store.take_fault()
-        return None if fault is None else _fault_response(fault)
+        if fault is not None:
+            return _fault_response(fault)
+        if found is None:
+            raise ApiError(404, f"The requested resource {request.method} {request.path} was not found.")
+        path, methods = found
+        if request.method not in methods:
+            raise ApiError(
+                405,
+                f"The method {request.method} is not allowed for {API_PREFIX}{path}",
+                headers={"Allow": ", ".join(methods)},
+            )
+        return None
 
     def after_request(self, response: Response) -> Response:
         status = g.get("my_account_rate")
@@ -188,9 +218,6 @@ class _MyAccountApi:
                 },
             )
         return t.cast(str, sub)
-
-    def unknown(self, rest: str = "") -> ResponseReturnValue:
-        raise ApiError(404, f"The requested resource {request.method} {request.path} was not found.")
 
     # ----------------------------------------------------------------- handlers
 
@@ -282,7 +309,7 @@ def _read_json_object() -> dict[str, t.Any]:
         raise ApiError(415, "The request body must be application/json")
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than the parser goes: as malformed
         raise ApiError(400, "The request body is not valid JSON") from None
     if not isinstance(value, dict):
         raise ApiError(400, "Payload validation error", validation_errors=[issue("must be object", [])])
@@ -293,7 +320,8 @@ def _take(default: int, maximum: int) -> int:
     raw = request.args.get("take")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    # ASCII digits only: str.isdigit() also holds for digits int() refuses, such as "²".
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
         detail = f"must be an integer from 1 to {maximum}"
         raise ApiError(400, "Invalid query parameter", validation_errors=[issue(detail, ["take"], "query")])
     return int(raw)

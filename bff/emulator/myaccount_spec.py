@@ -44,6 +44,7 @@ ERROR_TYPES: dict[int, tuple[str, str]] = {
     401: ("A0E-401-0001", "Unauthorized"),
     403: ("A0E-403-0001", "Forbidden"),
     404: ("A0E-404-0001", "Not Found"),
+    405: ("A0E-405-0001", "Method Not Allowed"),
     409: ("A0E-409-0001", "Conflict"),
     415: ("A0E-415-0001", "Unsupported Media Type"),
     429: ("A0E-429-0001", "Too Many Requests"),
@@ -283,7 +284,9 @@ class _Validator:
             mapping: dict[str, str] = discriminator["mapping"]
             if prop not in value:
                 return [self.error(f"must have required property '{prop}'", [*path, prop])]
-            if value[prop] not in mapping:
+            # Any JSON value may stand here; only a string can name a branch (an object or array is not
+            # even hashable).
+            if not isinstance(value[prop], str) or value[prop] not in mapping:
                 allowed = ", ".join(json.dumps(v) for v in mapping)
                 return [self.error(f"must be equal to one of the allowed values: {allowed}", [*path, prop])]
             return self.check({"$ref": mapping[value[prop]]}, value, path)

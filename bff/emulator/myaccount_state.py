@@ -4,6 +4,15 @@ Everything here is guarded by one lock, because the emulator serves requests on 
 The methods raise :class:`~bff.emulator.myaccount_spec.ApiError` for the failures the API
 reports to callers; the HTTP layer (``myaccount.py``) turns those into responses.
 
+What the API does beyond the spec's schemas, as Auth0 does it: a phone number must be E.164
+(``+`` and up to 15 digits) and an email an address; passkey creation options list the user's passkeys in
+``excludeCredentials`` (unless the body sets ``use_exclude_credentials: false``), so one
+authenticator is not registered twice; deleting the password method deletes the password the login
+form accepts (:meth:`~bff.emulator.state.EmulatorState.remove_password`); and one external account
+is connected at most once per user: completing a second flow for the same connection and external
+account is a 409. The external account is the provider's user, which the emulator takes from the
+connect request's ``authorization_params.login_hint``, else the user's email.
+
 Test controls (all on ``state.my_account``): ``rate_limit``, ``calls``, ``fail_next``, ``last_otp``,
 ``seed_method``, ``enabled_factors``, ``connections``, ``consents``, ``organizations``,
 ``enrollment_lifetime`` and ``connect_lifetime``.
@@ -17,6 +26,7 @@ import collections
 import dataclasses
 import hashlib
 import json
+import re
 import secrets
 import string
 import threading
@@ -41,6 +51,8 @@ from .state import EmulatorState, User
 __all__ = [
     "DEFAULT_CONNECTIONS",
     "DEFAULT_FACTORS",
+    "E164",
+    "EMAIL",
     "MFA_TYPES",
     "PASSWORD_POLICY",
     "PLACEHOLDER_IDS",
@@ -69,6 +81,10 @@ MFA_TYPES = frozenset(
     {"recovery-code", "push-notification", "totp", "webauthn-platform", "webauthn-roaming", "phone", "email"}
 )
 PRIMARY_TYPES = frozenset({"password", "passkey"})
+#: E.164: a ``+``, then up to 15 digits of which the first (the country code's) is not 0.
+E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+#: An address a one-time code can be sent to: one ``@`` between non-empty parts without spaces.
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 #: Enrollments that have no id until verified answer with these placeholders (spec examples).
 PLACEHOLDER_IDS = {"passkey": "passkey|new", "password": "password|new"}
 RP_NAME = "bff emulator"
@@ -182,6 +198,8 @@ class ConnectRequest:
     code_challenge: str | None
     scopes: list[str]
     expires_at: float
+    #: Who the user is at the provider: what is connected, at most once per user and connection.
+    external_account: str = ""
     decided: bool = False
     connect_code: str | None = None
     completed: bool = False
@@ -195,6 +213,8 @@ class ConnectedAccount:
     created_at: float
     #: Insertion order, the stable key of pagination cursors.
     seq: int
+    #: The user at the provider (see :attr:`ConnectRequest.external_account`); not part of the API's object.
+    external_account: str = ""
 
     def to_json(self) -> dict[str, t.Any]:
         return {
@@ -382,6 +402,14 @@ class MyAccountState:
         with self.lock:
             if kind not in self.enabled_factors:
                 raise bad_request(f"The factor {kind} is not enabled for this tenant", "type")
+            if kind == "email" and not EMAIL.fullmatch(body["email"]):
+                raise bad_request("The email address is not valid", "email")
+            if kind == "phone" and not E164.fullmatch(body["phone_number"]):
+                raise bad_request(
+                    "The phone number must be in E.164 format: '+', the country code and the number,"
+                    " at most 15 digits (e.g. +15551234567)",
+                    "phone_number",
+                )
             methods = self._user_methods(sub)
             # A new attempt supersedes an abandoned one, so unconfirmed entries do not pile up.
             for stale in [m.id for m in methods.values() if m.type == kind and not m.confirmed]:
@@ -465,6 +493,10 @@ class MyAccountState:
             del methods[method_id]
             if method.totp_secret is not None:
                 self._withdraw_totp_secret(sub, method.totp_secret)
+            if method.type == "password":
+                # The login form refuses the deleted password from now on; verifying a new password
+                # enrollment sets one again.
+                self.idp.remove_password(sub)
 
     def _now(self) -> float:
         return self.idp.clock.now()
@@ -514,6 +546,14 @@ class MyAccountState:
         public_key["authenticatorSelection"] = {
             k: selection[k] for k in ("residentKey", "userVerification") if k in selection
         }
+        if body.get("use_exclude_credentials", True):
+            # The user's passkeys, so the browser refuses to register one of their authenticators twice.
+            # The key ids are base64url already, as the descriptors carry them.
+            public_key["excludeCredentials"] = [
+                _credential_descriptor(m) for m in self._user_methods(sub).values() if m.type == "passkey"
+            ]
+        else:
+            public_key.pop("excludeCredentials", None)
         return public_key
 
     def _rp_id(self) -> str:
@@ -550,6 +590,12 @@ class MyAccountState:
             )
         enrollment.secret = f"{secrets.randbelow(10**6):06d}"
         self._sent_codes.append((sub, kind, enrollment.secret))
+        if kind == "email":
+            self.idp.deliver_code("email", enrollment.attributes["email"], enrollment.secret)
+        else:
+            channel = enrollment.attributes["preferred_authentication_method"]
+            channel = channel if channel in ("sms", "voice") else "sms"
+            self.idp.deliver_code(channel, enrollment.attributes["phone_number"], enrollment.secret)
         return {}
 
     def _verify_mfa(self, enrollment: Enrollment, otp_code: str | None) -> AuthenticationMethod:
@@ -659,6 +705,8 @@ class MyAccountState:
                 )
             if not _is_under(body["redirect_uri"], self.idp.bff_base_url):
                 raise bad_request("The redirect_uri is not an allowed callback URL", "redirect_uri")
+            user = self._user(sub)
+            hint = (body.get("authorization_params") or {}).get("login_hint")
             request = ConnectRequest(
                 auth_session=secrets.token_urlsafe(32),
                 ticket=secrets.token_urlsafe(24),
@@ -669,6 +717,7 @@ class MyAccountState:
                 code_challenge=body.get("code_challenge"),
                 scopes=list(body.get("scopes") or connection.scopes),
                 expires_at=self._now() + self.connect_lifetime,
+                external_account=hint or (user.email if user is not None else sub),
             )
             self._connect_requests[request.auth_session] = request
             self._tickets[request.ticket] = request.auth_session
@@ -731,10 +780,25 @@ class MyAccountState:
                     raise bad_request("The code_verifier does not match the code_challenge", "code_verifier")
             elif verifier is not None:
                 raise bad_request("No code_challenge was sent with the connect request", "code_verifier")
+            # The connect_code is spent whatever the outcome below.
             request.completed = True
+            accounts = self._accounts.get(sub, {}).values()
+            if any(
+                a.connection == request.connection.name and a.external_account == request.external_account
+                for a in accounts
+            ):
+                raise ApiError(
+                    409,
+                    f"The {request.connection.name} account {request.external_account} is already connected",
+                )
             self._account_seq += 1
             account = ConnectedAccount(
-                f"cac_{_random_id()}", request.connection.name, request.scopes, self._now(), self._account_seq
+                f"cac_{_random_id()}",
+                request.connection.name,
+                request.scopes,
+                self._now(),
+                self._account_seq,
+                external_account=request.external_account,
             )
             self._accounts.setdefault(sub, {})[account.id] = account
             return account.to_json()
@@ -774,9 +838,21 @@ class MyAccountState:
         return paginate(items, cursor, take, "organizations")
 
 
+def _credential_descriptor(passkey: AuthenticationMethod) -> dict[str, t.Any]:
+    """The ``PublicKeyCredentialDescriptor`` of an enrolled passkey, for ``excludeCredentials``."""
+    descriptor: dict[str, t.Any] = {"id": passkey.attributes.get("key_id", ""), "type": "public-key"}
+    transports = passkey.attributes.get("transports")
+    if transports:
+        descriptor["transports"] = list(transports)
+    return descriptor
+
+
 def _is_under(url: str, base: str) -> bool:
     """Whether ``url`` has the origin of ``base`` and a path at or below ``base``'s path."""
-    target, root = urllib.parse.urlsplit(url), urllib.parse.urlsplit(base)
+    try:
+        target, root = urllib.parse.urlsplit(url), urllib.parse.urlsplit(base)
+    except ValueError:  # e.g. "http://[x" (an unclosed IPv6 literal) passes the schema's "uri" check
+        return False
     if (target.scheme, target.netloc) != (root.scheme, root.netloc) or target.fragment:
         return False
     prefix = root.path.rstrip("/") + "/"

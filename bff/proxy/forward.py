@@ -5,9 +5,10 @@ negotiation, conditional requests, a request id); ``Cookie``, ``Authorization``,
 and hop-by-hop headers never leave the BFF because they are not on the list. The bearer token
 is added here and nowhere else. On the way back only an allowlist of response headers is
 passed: upstream ``Set-Cookie`` and hop-by-hop headers are dropped, ``Location`` pointing into
-the My Account API is rewritten to the BFF's ``/me/v1/...`` path, and ``Cache-Control`` is always
-``no-store`` whatever the upstream says: a response made with a user's token must never be kept by a
-shared cache.
+the My Account API is rewritten to the same resource on the BFF, an absolute URL as the spec declares
+``Location`` a URI (``BFF_BASE_URL`` + ``/me/v1/...``), one pointing elsewhere is dropped, and
+``Cache-Control`` is always ``no-store`` whatever the upstream says: a response made with a user's
+token must never be kept by a shared cache.
 
 urllib3 is used directly on this hot path: requests' high-level API costs measurably more per
 call for features (cookies, redirects, hooks) a proxy must not use anyway.
@@ -124,6 +125,7 @@ class Forwarder:
         base = urlsplit(settings.my_account_url)
         self._base_path = base.path.rstrip("/")
         self._absolute_base = settings.my_account_url.rstrip("/")
+        self._bff_base = settings.base_url.rstrip("/") + BFF_PREFIX
         retries = _NoTimedOutRetry(total=1, connect=1, read=1, redirect=0, status=0, other=0, raise_on_status=False)
         self._pool = urllib3.connection_from_url(
             settings.my_account_url,
@@ -192,9 +194,10 @@ class Forwarder:
         return UpstreamResponse(response.status, passed, response.data)
 
     def _rewrite_location(self, value: str) -> str | None:
-        """Map a Location inside the API to the BFF's path; drop one that points elsewhere."""
+        """Map a Location inside the API to the same resource's absolute URL on the BFF; drop one that
+        points elsewhere."""
         if value.startswith(self._absolute_base + "/"):
-            return BFF_PREFIX + value[len(self._absolute_base):]
+            return self._bff_base + value[len(self._absolute_base):]
         if value.startswith(self._base_path + "/") and self._base_path:
-            return BFF_PREFIX + value[len(self._base_path):]
+            return self._bff_base + value[len(self._base_path):]
         return None

@@ -73,8 +73,10 @@ __all__ = [
 MAX_PATH_LENGTH = 1024
 """Longest raw path accepted; Auth0 ids are far shorter, and the bound keeps validation cheap."""
 
-MAX_QUERY_LENGTH = 8192
-"""Longest raw query accepted: room for 20 ``connection`` names of 128 ASCII characters, all encoded."""
+MAX_QUERY_LENGTH = 7100
+"""Longest raw query accepted: room for 20 ``connection`` names of 128 characters and more, and small
+enough that the longest path and query still fit the longest request line a bounded server (gunicorn:
+8190 bytes) reads, so whatever the allowlist accepts reaches it."""
 
 RejectionKind = t.Literal["not-found", "bad-path", "bad-query"]
 

@@ -322,7 +322,7 @@ export interface PasswordPolicy {
 
 /** The answer to `POST /authentication-methods`, with `location` from its `Location` header. */
 export interface StartedEnrollment {
-  /** BFF path of the new method, to verify at (null when the API sent no `Location`). */
+  /** BFF URL of the new method, to verify at (null when the API sent no `Location`). */
   location: string | null;
   auth_session: string;
   id?: string;
