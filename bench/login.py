@@ -1,4 +1,5 @@
-"""Logging one session in over real HTTP, as a browser would: BFF -> emulator's form -> callback."""
+"""Logging one session in over real HTTP, as a browser would: BFF (or another relying party) -> the
+emulator's form -> callback."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from urllib.parse import urljoin
 
 import requests
 
-__all__ = ["log_in"]
+__all__ = ["log_in", "log_in_relying_party"]
 
 _MAX_REDIRECTS = 10
 
@@ -59,15 +60,10 @@ DEMO_EMAIL = "alice@example.com"
 DEMO_PASSWORD = "alice"  # noqa: S105 - the emulator's demo user
 
 
-def log_in(bff_url: str, *, email: str = DEMO_EMAIL, password: str = DEMO_PASSWORD) -> requests.Session:
-    """A logged-in ``requests`` session (cookie jar holds the BFF session cookie)."""
-    http = requests.Session()
-    http.trust_env = False
-    http.headers["X-CSRF"] = "1"
-    response = http.get(bff_url + "/bff/login", params={"returnTo": "/"}, allow_redirects=False, timeout=10)
-    if response.status_code != 302:
-        raise RuntimeError(f"login: /bff/login answered {response.status_code}: {response.text[:300]}")
-    page = _follow(http, response, stop_at=bff_url)
+def _through_form(http: requests.Session, page: requests.Response, *, email: str, password: str,
+                  stop_at: str) -> requests.Response:
+    """Fill in and submit the emulator's login form on ``page`` (if it is a form), up to the way back."""
+    page = _follow(http, page, stop_at=stop_at)
     if page.status_code == 200:
         form = _Form()
         form.feed(page.text)
@@ -78,13 +74,56 @@ def log_in(bff_url: str, *, email: str = DEMO_EMAIL, password: str = DEMO_PASSWO
             data[form.button[0]] = form.button[1]
         response = http.post(urljoin(page.url, form.action or page.url), data=data, allow_redirects=False,
                              timeout=10)
-        page = _follow(http, response, stop_at=bff_url)
+        page = _follow(http, response, stop_at=stop_at)
     if page.status_code not in (302, 303):
         raise RuntimeError(f"login: the emulator answered {page.status_code}: {page.text[:300]}")
+    return page
+
+
+def _client(verify: str | bool = True) -> requests.Session:
+    http = requests.Session()
+    http.trust_env = False
+    http.verify = verify
+    return http
+
+
+def log_in(bff_url: str, *, email: str = DEMO_EMAIL, password: str = DEMO_PASSWORD) -> requests.Session:
+    """A logged-in ``requests`` session (cookie jar holds the BFF session cookie)."""
+    http = _client()
+    http.headers["X-CSRF"] = "1"
+    response = http.get(bff_url + "/bff/login", params={"returnTo": "/"}, allow_redirects=False, timeout=10)
+    if response.status_code != 302:
+        raise RuntimeError(f"login: /bff/login answered {response.status_code}: {response.text[:300]}")
+    page = _through_form(http, response, email=email, password=password, stop_at=bff_url)
     callback = urljoin(page.url, page.headers["Location"])
     if not callback.startswith(bff_url + "/bff/callback"):
         raise RuntimeError(f"login: unexpected redirect to {callback}")
     done = http.get(callback, allow_redirects=False, timeout=10)
     if done.status_code not in (302, 303):
         raise RuntimeError(f"login: /bff/callback answered {done.status_code}: {done.text[:300]}")
+    return http
+
+
+def log_in_relying_party(
+    base_url: str, protected_path: str, *, redirect_path: str, email: str = DEMO_EMAIL,
+    password: str = DEMO_PASSWORD, verify: str | bool = True,
+) -> requests.Session:
+    """Log in at a relying party that starts its login on any protected URL (mod_auth_openidc).
+
+    ``GET base_url + protected_path`` without a session redirects to the emulator; after its form the
+    emulator redirects to ``base_url + redirect_path``, where the relying party redeems the code, sets
+    its session cookie and redirects back to the protected URL. ``verify``: the CA bundle for an
+    emulator served over https with its own certificate.
+    """
+    http = _client(verify)
+    response = http.get(base_url + protected_path, allow_redirects=False, timeout=10)
+    if response.status_code != 302:
+        raise RuntimeError(f"login: {protected_path} answered {response.status_code}: {response.text[:300]}")
+    page = _through_form(http, response, email=email, password=password, stop_at=base_url)
+    callback = urljoin(page.url, page.headers["Location"])
+    if not callback.startswith(base_url + redirect_path):
+        raise RuntimeError(f"login: unexpected redirect to {callback}")
+    done = http.get(callback, allow_redirects=False, timeout=10)
+    if done.status_code not in (302, 303):
+        raise RuntimeError(f"login: {redirect_path} answered {done.status_code}: {done.text[:300]}")
     return http

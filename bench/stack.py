@@ -5,14 +5,20 @@
   reverse proxy in front of it, from a generated configuration in a temporary directory.
 * :class:`PythonStub` — the stub's fallback when nginx is not installed: a small keep-alive
   HTTP/1.1 server in its own process.
-* :class:`BffProcess` — ``bff serve`` (gunicorn, gthread workers) pointed at the stub.
+* :class:`BffProcess` — ``bff serve`` (gunicorn, gevent workers by default) pointed at the stub.
+* :class:`ApacheProcess` — Apache httpd 2.4 with mod_auth_openidc: an OpenID Connect relying party
+  (code flow, sessions in the private Redis) that proxies to the stub with the session's access token.
 
 Every process is started by this module and stopped by its own id: terminate, wait, then kill.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import os
+import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -23,20 +29,30 @@ import textwrap
 import time
 import typing as t
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 __all__ = [
+    "APACHE_SESSION_COOKIE",
+    "ECHO_PATH",
     "FACTORS_BODY",
     "STUB_PATH",
+    "ApacheProcess",
     "BffProcess",
     "GunicornProcess",
     "NginxProcess",
     "PythonStub",
     "RedisProcess",
     "ReferenceProcess",
+    "apache_available",
     "free_port",
+    "self_signed_certificate",
     "wait_for_http",
 ]
 
@@ -46,6 +62,9 @@ FACTORS_BODY = (
     '{"type":"email","usage":["secondary"]},{"type":"recovery-code","usage":["secondary"]}]}'
 )
 STUB_PATH = "/me/v1/factors"
+#: A check location of the stub: it answers with the ``Authorization`` header it received (used once,
+#: to see that a proxy sends the session's bearer token upstream; never under load).
+ECHO_PATH = "/me/v1/_bench/authorization"
 
 
 def free_port() -> int:
@@ -225,6 +244,10 @@ class NginxProcess:
                         default_type application/json;
                         return 200 '{body}';
                     }}
+                    location = {ECHO_PATH} {{
+                        default_type text/plain;
+                        return 200 '$http_authorization';
+                    }}
                     location = /nginx-status {{ stub_status; }}
                     location / {{ return 404; }}
                 }}
@@ -240,6 +263,18 @@ class NginxProcess:
                 }}
             }}
             """)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the master and its worker (which serves both servers)."""
+        return 0.0 if self.process is None else process_tree_cpu(self.process.pid)
+
+    def problems(self) -> int:
+        """Error-level lines in nginx's error log."""
+        try:
+            text = (self.dir / "error.log").read_text(errors="replace")
+        except OSError:
+            return 0
+        return sum(text.count(level) for level in ("[error]", "[crit]", "[alert]", "[emerg]"))
 
     def requests_served(self) -> int:
         """nginx's count of requests handled so far (all servers), this status request included."""
@@ -271,14 +306,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 BODY = sys.argv[2].encode()
 PATH = sys.argv[3]
+ECHO = sys.argv[4]
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
-        if self.path.split("?", 1)[0] == PATH:
+        path = self.path.split("?", 1)[0]
+        if path == PATH:
             status, body = 200, BODY
+        elif path == ECHO:
+            status, body = 200, self.headers.get("Authorization", "").encode("latin-1")
         else:
             status, body = 404, b'{"error":"not found"}'
         self.send_response(status)
@@ -312,7 +351,7 @@ class PythonStub:
 
     def start(self) -> PythonStub:
         self.process = _spawn(
-            [sys.executable, "-c", _PYTHON_STUB, str(self.port), FACTORS_BODY, STUB_PATH],
+            [sys.executable, "-c", _PYTHON_STUB, str(self.port), FACTORS_BODY, STUB_PATH, ECHO_PATH],
             log=self.dir / "stub.log",
         )
         wait_for_http(self.stub_url + STUB_PATH, timeout=10, process=self.process)
@@ -323,15 +362,247 @@ class PythonStub:
         self.process = None
 
 
+#: Where Debian's apache2 packages put the binary and the loadable modules.
+APACHE_MODULES = Path("/usr/lib/apache2/modules")
+#: The session cookie mod_auth_openidc sets (its default name).
+APACHE_SESSION_COOKIE = "mod_auth_openidc_session"
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A throw-away certificate and key for ``127.0.0.1`` (PEM files in ``directory``), valid for a day.
+
+    For the emulator that Apache's relying party talks to: mod_auth_openidc takes provider endpoints
+    written in its configuration only as https URLs.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certfile, keyfile = directory / "tls.crt", directory / "tls.key"
+    certfile.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    keyfile.chmod(0o600)
+    return certfile, keyfile
+
+
+def _apache_binary() -> str | None:
+    return shutil.which("apache2") or next(
+        (path for path in ("/usr/sbin/apache2", "/usr/sbin/httpd") if os.access(path, os.X_OK)), None
+    )
+
+
+def apache_available() -> bool:
+    """Whether Apache httpd and mod_auth_openidc (built with Redis support) are installed."""
+    return _apache_binary() is not None and (APACHE_MODULES / "mod_auth_openidc.so").exists()
+
+
+class ApacheProcess:
+    """Apache httpd 2.4 with mod_auth_openidc, a private instance: the same job as the BFF's proxy path.
+
+    An OpenID Connect relying party (code flow with PKCE, confidential client) against the emulator;
+    its sessions live in the benchmark's private Redis (``OIDCCacheType redis``, server-side sessions,
+    encrypted by the module); ``/me/`` is protected (``AuthType openid-connect``) and proxied to the
+    stub with ``Authorization: Bearer`` set from the session's access token and the browser's cookies
+    removed. Its own ServerRoot, configuration, pid file and error log live in a temporary directory;
+    it runs in the foreground (``apache2 -f <conf> -DFOREGROUND``), never as the system's service.
+
+    The redirect URI is ``<url>/bff/callback``: the emulator's one client accepts ``<base>/bff/callback``,
+    so an emulator configured with this server's URL as its base URL serves it. ``static_provider``
+    writes the provider's endpoints into the configuration (the module takes them only as https
+    URLs, so the issuer must be served over https) instead of ``OIDCProviderMetadataURL``.
+    """
+
+    redirect_path = "/bff/callback"
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        stub_url: str,
+        issuer: str,
+        audience: str,
+        client_id: str,
+        client_secret: str,
+        redis_port: int,
+        port: int | None = None,
+        processes: int = 2,
+        threads: int = 32,
+        static_provider: bool = True,
+    ) -> None:
+        binary = _apache_binary()
+        if binary is None or not apache_available():
+            raise FileNotFoundError("apache2 with mod_auth_openidc")
+        self.binary = binary
+        self.dir = workdir / "apache"
+        self.dir.mkdir()
+        self.port = port or free_port()
+        self.stub_url = stub_url
+        self.issuer = issuer
+        self.audience = audience
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.redis_port = redis_port
+        self.processes = processes
+        self.threads = threads
+        self.static_provider = static_provider
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "error.log"
+
+    def config(self) -> str:
+        d, mods = self.dir, APACHE_MODULES
+        user = ""
+        if os.geteuid() == 0:
+            # Apache refuses to serve as root: the children switch to an unprivileged user.
+            account = "www-data" if _user_exists("www-data") else "nobody"
+            group = "www-data" if account == "www-data" else "nogroup"
+            user = f"User {account}\nGroup {group}"
+        modules = "\n".join(
+            f"LoadModule {name}_module {mods}/mod_{name}.so"
+            for name in ("mpm_event", "authn_core", "authz_core", "authz_user", "headers", "proxy", "proxy_http",
+                         "auth_openidc")
+        )
+        workers = self.processes * self.threads
+        return textwrap.dedent(f"""\
+            ServerRoot "{d}"
+            ServerName 127.0.0.1
+            Listen 127.0.0.1:{self.port}
+            PidFile "{d}/httpd.pid"
+            DefaultRuntimeDir "{d}/run"
+            ErrorLog "{d}/error.log"
+            LogLevel warn
+            """) + user + "\n" + modules + "\n" + textwrap.dedent(f"""\
+            # event MPM, a fixed pool: {self.processes} processes x {self.threads} threads, never shrunk or grown.
+            StartServers {self.processes}
+            ServerLimit {self.processes}
+            ThreadLimit {self.threads}
+            ThreadsPerChild {self.threads}
+            MaxRequestWorkers {workers}
+            MinSpareThreads {self.threads}
+            MaxSpareThreads {workers}
+            MaxConnectionsPerChild 0
+            KeepAlive On
+            MaxKeepAliveRequests 0
+            KeepAliveTimeout 60
+            Timeout 30
+            # No access log (nginx has none either); errors only.
+
+            @PROVIDER@
+            OIDCClientID {self.client_id}
+            OIDCClientSecret {self.client_secret}
+            OIDCProviderTokenEndpointAuth client_secret_basic
+            OIDCRedirectURI {self.url}{self.redirect_path}
+            OIDCCryptoPassphrase {secrets.token_urlsafe(32)}
+            OIDCScope "openid profile email offline_access read:me:factors"
+            OIDCAuthRequestParams audience={quote(self.audience, safe="")}
+            OIDCPKCEMethod S256
+            OIDCCacheType redis
+            OIDCRedisCacheServer 127.0.0.1:{self.redis_port}
+            OIDCSessionType server-cache
+            OIDCSessionInactivityTimeout 28800
+            OIDCSessionMaxDuration 604800
+            OIDCPassClaimsAs environment
+            # The emulator's certificate is a throw-away one on loopback (its children cannot read the
+            # root-owned work directory to load it as a CA bundle anyway).
+            OIDCSSLValidateServer Off
+
+            <Location {self.redirect_path}>
+                AuthType openid-connect
+                Require valid-user
+            </Location>
+            <Location /me/>
+                AuthType openid-connect
+                Require valid-user
+                RequestHeader set Authorization "Bearer %{{OIDC_access_token}}e" env=OIDC_access_token
+                RequestHeader unset Cookie
+                ProxyPass {self.stub_url}/me/
+            </Location>
+            """).replace("@PROVIDER@", self.provider())
+
+    def provider(self) -> str:
+        """The provider's endpoints, written out: with ``OIDCProviderMetadataURL`` the module reads the
+        cached discovery document from the store on every request, a second round trip."""
+        if not self.static_provider:
+            return f"OIDCProviderMetadataURL {self.issuer}.well-known/openid-configuration"
+        issuer = self.issuer
+        return "\n".join((
+            f"OIDCProviderIssuer {issuer}",
+            f"OIDCProviderAuthorizationEndpoint {issuer}authorize",
+            f"OIDCProviderTokenEndpoint {issuer}oauth/token",
+            f"OIDCProviderUserInfoEndpoint {issuer}userinfo",
+            f"OIDCProviderJwksUri {issuer}.well-known/jwks.json",
+            f"OIDCProviderEndSessionEndpoint {issuer}oidc/logout",
+        ))
+
+    def start(self) -> ApacheProcess:
+        (self.dir / "run").mkdir(exist_ok=True)
+        conf = self.dir / "httpd.conf"
+        conf.write_text(self.config())
+        # Not through apache2ctl: no system environment file, no system configuration, no service.
+        self.process = _spawn([self.binary, "-f", str(conf), "-DFOREGROUND"], log=self.dir / "stdout.log",
+                              env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LANG": "C"})
+        try:
+            wait_for_http(self.url + "/", timeout=15, process=self.process)
+        except RuntimeError as error:
+            self.stop()
+            detail = _tail(self.log) or _tail(self.dir / "stdout.log")
+            raise RuntimeError(f"{error}\n{detail}") from error
+        return self
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the parent and its child processes."""
+        return 0.0 if self.process is None else process_tree_cpu(self.process.pid)
+
+    def problems(self) -> int:
+        """Error-level lines in the error log (mod_auth_openidc logs its failures there)."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return 0
+        return sum(1 for line in text.splitlines() if ":error]" in line or ":crit]" in line or ":emerg]" in line)
+
+    def stop(self) -> None:
+        # SIGTERM: the parent stops its children and exits.
+        stop_process(self.process)
+        self.process = None
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 class GunicornProcess:
-    """A WSGI app under gunicorn (gthread workers) on a free port, configured through the environment."""
+    """A WSGI app under gunicorn (gevent or gthread workers) on a free port, configured through the environment."""
 
     name = "app"
     health_path = "/"
 
     def __init__(
         self, workdir: Path, port: int, env: t.Mapping[str, str], *, workers: int, threads: int,
-        worker_class: str = "gthread",
+        worker_class: str = "gevent",
     ) -> None:
         self.worker_class = worker_class
         self.dir = Path(tempfile.mkdtemp(prefix=f"{self.name}-{workers}x{threads}-", dir=workdir))
