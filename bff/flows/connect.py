@@ -15,8 +15,9 @@ the flow itself and the proxy never exposes those two routes:
    calls ``POST /connected-accounts/complete`` and redirects (302) to ``returnTo`` with
    ``connected=<connection>`` or ``error=<code>`` added to its query.
 
-Callback outcomes: an unknown, expired, replayed or foreign ``state`` is a 400 problem (there is
-no trustworthy place to send the browser). Everything after the state is proven is a redirect:
+Callback outcomes: an unknown, expired, replayed or foreign ``state`` sends the browser home (``/``)
+with ``error=connect_failed`` (the 400 problem to a caller that asks for JSON): the flow's own return
+URL cannot be trusted before the state is proven. Everything after that is a redirect to it:
 ``error=access_denied`` (or the provider's other error code) when the user declined,
 ``error=already_connected`` when the API answers 409, ``error=step_up_required`` /
 ``login_required`` when no token could be had, ``error=temporarily_unavailable`` for 429/5xx and
@@ -48,15 +49,15 @@ import re
 import secrets
 import typing as t
 from dataclasses import dataclass
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit
 
-from flask import Blueprint, Response, jsonify, redirect, request
+from flask import Blueprint, Response, jsonify, request
 from werkzeug.wrappers import Response as BaseResponse
 
 from ..bodies import parse_json, read_body
 from ..errors import Problem, ProblemKind, store_unavailable_problem
 from ..myaccount import CallFailure, call_problem
-from ..navigation import navigation_error
+from ..navigation import back_to, navigation_error
 from ..proxy.forward import UpstreamResponse
 from ..security import check_anti_forgery, safe_return_to
 from ..services import Services, services
@@ -301,15 +302,6 @@ def _failed(detail: str) -> Problem:
     return Problem(ProblemKind.CONNECT_FAILED, detail)
 
 
-def _back(return_to: str, **params: str) -> BaseResponse:
-    """Redirect to the SPA's ``return_to`` with ``params`` added to its query."""
-    parts = urlsplit(return_to)
-    query = "&".join(part for part in (parts.query, urlencode(params)) if part)
-    response = redirect(urlunsplit(("", "", parts.path, query, parts.fragment)), code=302)
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
 def _callback_error(problem: Problem) -> str:
     """The ``error`` code an SPA gets for a failed completion."""
     codes = {
@@ -359,10 +351,10 @@ def _complete(svc: Services) -> BaseResponse:
 
     if "error" in args:
         error = args["error"]
-        return _back(return_to, error=error if _ERROR_CODE.fullmatch(error) else "connect_failed")
+        return back_to(return_to, error=error if _ERROR_CODE.fullmatch(error) else "connect_failed")
     live = current.live if current.live is not None else svc.sessions.load_live(transaction.sid)
     if live is None or live.sub != transaction.sub:
-        return _back(return_to, error="login_required")
+        return back_to(return_to, error="login_required")
     result = _call(
         svc,
         live,
@@ -375,6 +367,6 @@ def _complete(svc: Services) -> BaseResponse:
         },
     )
     if isinstance(result, UpstreamResponse) and result.status in (200, 201):
-        return _back(return_to, connected=str(flow["connection"]))
+        return back_to(return_to, connected=str(flow["connection"]))
     problem = _upstream_problem(result) if isinstance(result, UpstreamResponse) else call_problem(result, return_to)
-    return _back(return_to, error=_callback_error(problem))
+    return back_to(return_to, error=_callback_error(problem))

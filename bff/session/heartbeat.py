@@ -71,7 +71,7 @@ class Heartbeat:
             self._store.put(f"instance:{instance}", b"1", BEAT_TTL)
         except StoreUnavailable:
             log.debug("heartbeat not written: the store is unavailable")
-        except Exception:  # noqa: BLE001 - a closed store (shutdown) must not kill the process's beat thread
+        except Exception:
             log.debug("heartbeat not written", exc_info=True)
 
     def _run(self, instance: str) -> None:
