@@ -468,9 +468,10 @@ def test_an_auth_session_only_verifies_its_own_method(me: MyAccount) -> None:
     assert_error(response, 400)
 
 
-def test_verifying_an_unknown_method_is_404(me: MyAccount) -> None:
+def test_verifying_an_unknown_method_is_the_declared_400(me: MyAccount) -> None:
     response = me.verify(me.base + "/authentication-methods/totp%7Cdev_nothing", {"auth_session": "x"})
-    assert_error(response, 404, "A0E-404-0001")
+    assert_error(response, 400)
+    assert "does not exist" in response.json()["detail"]
 
 
 # ----------------------------------------------------------------------- update and delete
@@ -497,7 +498,7 @@ def test_update_rejects_properties_the_type_does_not_have(me: MyAccount) -> None
     location = me.base + "/authentication-methods/" + urllib.parse.quote(password, "")
     assert_error(me.call("PATCH", location, json={"name": "mine"}), 400)
     assert_error(me.call("PATCH", location, json={"nickname": "mine"}), 400)
-    assert_error(me.call("PATCH", me.base + "/authentication-methods/email%7Cnone", json={"name": "x"}), 404)
+    assert_error(me.call("PATCH", me.base + "/authentication-methods/email%7Cnone", json={"name": "x"}), 400)
 
 
 def test_deleting_the_password_method_makes_the_login_form_refuse_the_password(stack: t.Any) -> None:
@@ -538,7 +539,8 @@ def test_the_last_primary_method_cannot_be_deleted(me: MyAccount) -> None:
     password = me.call("GET", "/authentication-methods").json()["authentication_methods"][0]["id"]
     location = me.base + "/authentication-methods/" + urllib.parse.quote(password, "")
     assert_error(me.call("DELETE", location), 409)
-    assert_error(me.call("DELETE", me.base + "/authentication-methods/passkey%7Cnone"), 404)
+    assert_error(me.call("DELETE", me.base + "/authentication-methods/passkey%7Cnone"), 400)
+    assert_error(me.call("GET", me.base + "/authentication-methods/passkey%7Cnone"), 404)
 
 
 # ----------------------------------------------------------------------- connected accounts
@@ -665,7 +667,7 @@ def test_connect_consent_complete_list_and_delete(me: MyAccount) -> None:
     assert listed == {"accounts": [account]}
     assert me.call("DELETE", f"/connected-accounts/accounts/{account['id']}").status_code == 204
     assert me.call("GET", "/connected-accounts/accounts").json() == {"accounts": []}
-    assert_error(me.call("DELETE", f"/connected-accounts/accounts/{account['id']}"), 404)
+    assert_error(me.call("DELETE", f"/connected-accounts/accounts/{account['id']}"), 400)
     assert_error(me.call("DELETE", "/connected-accounts/accounts/not-an-id"), 400)
 
 
@@ -779,7 +781,7 @@ def test_accounts_of_one_user_are_invisible_to_another(me: MyAccount) -> None:
     me.state.add_user("bob@example.com", "bob-password")
     bob = MyAccount(me.emulator, "bob@example.com")
     assert bob.call("GET", "/connected-accounts/accounts").json() == {"accounts": []}
-    assert_error(bob.call("DELETE", f"/connected-accounts/accounts/{account['id']}"), 404)
+    assert_error(bob.call("DELETE", f"/connected-accounts/accounts/{account['id']}"), 400)
 
 
 # ----------------------------------------------------------------------- consents and organizations
