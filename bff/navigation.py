@@ -41,10 +41,12 @@ _CODES = {
 }
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
-<title>{title}</title>
-<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:32rem;margin:15vh auto;padding:0 1rem;color:#1f2933}}
-h1{{font-size:1.4rem}}a{{display:inline-block;margin-top:1rem;padding:.5rem 1rem;border-radius:.4rem;
-background:#3b5bdb;color:#fff;text-decoration:none}}p.detail{{color:#52606d}}</style></head>
+<meta name="color-scheme" content="light dark"><title>{title}</title>
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:32rem;margin:15vh auto;padding:0 1rem;color:#1f2933;
+background:#fff}}h1{{font-size:1.4rem}}a{{display:inline-block;margin-top:1rem;padding:.5rem 1rem;
+border-radius:.4rem;background:#3b5bdb;color:#fff;text-decoration:none}}p.detail{{color:#52606d}}
+@media (prefers-color-scheme:dark){{body{{background:#16191d;color:#e4e7eb}}p.detail{{color:#aab4be}}
+a{{background:#3b5bdb}}}}</style></head>
 <body><main><h1>{title}</h1><p class="detail">{detail}</p><a href="{retry}">Try again</a></main></body></html>
 """
 

@@ -555,7 +555,6 @@ class ConsentForm(html.parser.HTMLParser):
         self.fields: dict[str, str] = {}
         self.buttons: list[str] = []
         self.scopes: list[str] = []
-        self._in_scope = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = {k: v or "" for k, v in attrs}
@@ -565,11 +564,8 @@ class ConsentForm(html.parser.HTMLParser):
             self.fields[values["name"]] = values["value"]
         elif tag == "button":
             self.buttons.append(values["value"])
-        self._in_scope = tag == "li"
-
-    def handle_data(self, data: str) -> None:
-        if self._in_scope and data.strip():
-            self.scopes.append(data.strip())
+        elif tag == "li" and "data-scope" in values:
+            self.scopes.append(values["data-scope"])
 
 
 def pkce_pair() -> tuple[str, str]:

@@ -6,13 +6,15 @@ is single-use and expires with its flow. The page is sent with ``no-store``, ``n
 button cannot be clickjacked.
 
 ``GET /connect?ticket=...`` shows the connection, the account at the provider being connected (the
-request's ``login_hint``, else the user's email) and the scopes, with Allow and Deny. The form posts
-back to ``/connect``; Allow redirects to the flow's ``redirect_uri`` with ``connect_code`` and
-``state``, Deny with ``error=access_denied``.
+request's ``login_hint``, else the user's email) and the scopes in words (:func:`scope_words`), each
+scope itself in small type under its words, with Allow and Deny. The form posts back to ``/connect``;
+Allow redirects to the flow's ``redirect_uri`` with ``connect_code`` and ``state``, Deny with
+``error=access_denied``.
 """
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, make_response, redirect, render_template, request
@@ -20,9 +22,45 @@ from flask.typing import ResponseReturnValue
 
 from .myaccount_state import ConnectTicketError, MyAccountState
 
-__all__ = ["CONNECT_PATH", "blueprint"]
+__all__ = ["CONNECT_PATH", "blueprint", "scope_words"]
 
 CONNECT_PATH = "/connect"
+
+#: What a provider's consent page says for the scopes the emulator's connections offer. The demo SPA
+#: (``bff/demo/static/ui.js``, ``SCOPE_WORDS``) says the same.
+SCOPE_WORDS = {
+    "openid": "Know who you are",
+    "email": "See your email address",
+    "profile": "See your name and profile picture",
+    "offline_access": "Keep access when you are not using the application",
+    "https://www.googleapis.com/auth/calendar": "See, edit, share and delete your calendars",
+    "https://www.googleapis.com/auth/calendar.readonly": "See your calendars",
+    "https://www.googleapis.com/auth/calendar.events": "See and edit events on your calendars",
+    "https://www.googleapis.com/auth/calendar.events.readonly": "See events on your calendars",
+    "https://www.googleapis.com/auth/calendar.settings.readonly": "See your calendar settings",
+    "https://www.googleapis.com/auth/calendar.addons.execute": "Run as a Calendar add-on",
+    "read:user": "See your profile",
+    "user:email": "See your email addresses",
+    "repo": "See and change your repositories",
+}
+
+
+def scope_words(scope: str) -> str:
+    """A scope as a person reads it: ``See your calendars`` for ``https://www.googleapis.com/auth/calendar.readonly``.
+
+    An unknown scope is named by its last path segment, with dots, underscores and colons as spaces and a
+    trailing ``readonly`` as ``(read-only)``: ``Drive file`` for ``https://www.googleapis.com/auth/drive.file``.
+    """
+    if scope in SCOPE_WORDS:
+        return SCOPE_WORDS[scope]
+    last = urlsplit(scope).path.rstrip("/").rpartition("/")[2] if "://" in scope else scope
+    words = [word for word in re.split(r"[._:]+", last or scope) if word]
+    read_only = len(words) > 1 and words[-1] == "readonly"
+    if read_only:
+        words.pop()
+    text = " ".join(words) or scope
+    text = text[:1].upper() + text[1:]
+    return f"{text} (read-only)" if read_only else text
 
 
 def blueprint(store: MyAccountState) -> Blueprint:
@@ -36,7 +74,10 @@ def blueprint(store: MyAccountState) -> Blueprint:
         except ConnectTicketError as exc:
             return _page(render_template("connect_error.html", message=str(exc)), 400)
         # The provider's page names who is signed in there: the external account being connected.
-        html = render_template("connect_consent.html", flow=flow, account=flow.external_account, ticket=ticket)
+        scopes = [(scope_words(scope), scope) for scope in flow.scopes]
+        html = render_template(
+            "connect_consent.html", flow=flow, account=flow.external_account, scopes=scopes, ticket=ticket
+        )
         return _page(html, 200, redirect_uri=flow.redirect_uri)
 
     @bp.post(CONNECT_PATH)

@@ -302,19 +302,6 @@ def _failed(detail: str) -> Problem:
     return Problem(ProblemKind.CONNECT_FAILED, detail)
 
 
-def _callback_error(problem: Problem) -> str:
-    """The ``error`` code an SPA gets for a failed completion."""
-    codes = {
-        ProblemKind.STEP_UP_REQUIRED: "step_up_required",
-        ProblemKind.LOGIN_REQUIRED: "login_required",
-        ProblemKind.NOT_AUTHENTICATED: "login_required",
-        ProblemKind.ALREADY_CONNECTED: "already_connected",
-    }
-    if problem.kind in codes:
-        return codes[problem.kind]
-    return "temporarily_unavailable" if problem.status >= 500 or problem.status == 429 else "connect_failed"
-
-
 @blueprint.get("/connect/callback")
 def callback() -> BaseResponse:
     """A navigation: a flow that cannot be matched to this browser sends it home (``/``) with an error,
@@ -350,11 +337,13 @@ def _complete(svc: Services) -> BaseResponse:
     return_to = str(flow["return_to"])
 
     if "error" in args:
-        error = args["error"]
-        return back_to(return_to, error=error if _ERROR_CODE.fullmatch(error) else "connect_failed")
+        error = args["error"] if _ERROR_CODE.fullmatch(args["error"]) else None
+        declined = _failed(f"The connection was declined ({error or 'an unknown error'}).")
+        return navigation_error(request, declined, return_to=return_to, upstream_error=error)
     live = current.live if current.live is not None else svc.sessions.load_live(transaction.sid)
     if live is None or live.sub != transaction.sub:
-        return back_to(return_to, error="login_required")
+        ended = Problem(ProblemKind.LOGIN_REQUIRED, "The session that started this connection has ended.")
+        return navigation_error(request, ended, return_to=return_to)
     result = _call(
         svc,
         live,
@@ -369,4 +358,4 @@ def _complete(svc: Services) -> BaseResponse:
     if isinstance(result, UpstreamResponse) and result.status in (200, 201):
         return back_to(return_to, connected=str(flow["connection"]))
     problem = _upstream_problem(result) if isinstance(result, UpstreamResponse) else call_problem(result, return_to)
-    return back_to(return_to, error=_callback_error(problem))
+    return navigation_error(request, problem, return_to=return_to)

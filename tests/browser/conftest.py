@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
 
-from bff.demo import demo_content_security_policy, demo_static_dir, with_demo_config
-from tests.browser.spa import Screenshots, Spa, serve_with_policy
+from tests.browser.spa import Screenshots, Spa, make_demo
 from tests.conftest import Stack, StackFactory
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -112,13 +111,8 @@ def page(context: BrowserContext, screenshots: Screenshots, request: pytest.Fixt
 
 @pytest.fixture
 def demo(make_stack: StackFactory) -> Stack:
-    """The emulator and a BFF on ``http://localhost:<port>`` serving the demo SPA, with the test Redis and
-    the policy ``bff demo`` serves it with (the emulator's avatars allowed)."""
-    stack = make_stack(host="localhost", static_dir=demo_static_dir())
-    serve_with_policy(stack, demo_content_security_policy(stack.emulator.url))
-    # What ``bff demo`` adds to the BFF: /demo-config.json, naming the emulator's inbox.
-    stack.app.wsgi_app = with_demo_config(stack.app.wsgi_app, stack.emulator.url)
-    return stack
+    """The demo SPA's stack (:func:`make_demo`)."""
+    return make_demo(make_stack)
 
 
 def pytest_configure(config: pytest.Config) -> None:

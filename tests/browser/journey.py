@@ -10,7 +10,7 @@ import re
 import typing as t
 
 import pyotp
-from playwright.sync_api import CDPSession, Page, expect
+from playwright.sync_api import CDPSession, Locator, Page, expect
 
 from tests.browser.spa import EMAIL, Spa, b64url_of_b64
 
@@ -18,6 +18,8 @@ from tests.browser.spa import EMAIL, Spa, b64url_of_b64
 Checkpoint = t.Callable[[str], object]
 
 CONNECTION = "google-oauth2"
+#: The passkey is named after the device it was created on, as the session is.
+DELETE_PASSKEY = "Delete the passkey on Chrome on Linux? You won't be able to sign in with it any more."
 
 
 def add_virtual_authenticator(page: Page) -> tuple[CDPSession, str]:
@@ -40,7 +42,27 @@ def add_virtual_authenticator(page: Page) -> tuple[CDPSession, str]:
     return cdp, t.cast(str, added["authenticatorId"])
 
 
+def confirm(
+    spa: Spa, button: Locator, question: str, still_there: t.Callable[[], object], checkpoint: Checkpoint, name: str
+) -> None:
+    """A destructive action as a careful user takes it: ``button`` asks ``question`` in the demo's dialog
+    (checkpoint ``name``); Cancel first (``still_there`` asserts nothing was removed), then again, and confirm."""
+    dialog = spa.testid("confirm-dialog")
+    button.click()
+    expect(dialog).to_be_visible()
+    expect(spa.testid("confirm-message")).to_have_text(question)
+    checkpoint(name)
+    spa.testid("confirm-cancel").click()
+    expect(dialog).to_be_hidden()
+    still_there()
+    button.click()
+    expect(dialog).to_be_visible()
+    spa.testid("confirm-ok").click()
+    expect(dialog).to_be_hidden()
+
+
 def run_journey(spa: Spa, checkpoint: Checkpoint) -> None:
+    """The journey; the test answers the demo's confirmation dialogs itself (``confirm_dialogs``)."""
     page, stack = spa.page, spa.stack
     my_account = stack.idp.my_account
     cdp, authenticator = add_virtual_authenticator(page)
@@ -106,16 +128,36 @@ def run_journey(spa: Spa, checkpoint: Checkpoint) -> None:
     expect(spa.accounts(CONNECTION)).to_have_attribute("data-account-id", linked[0]["id"])
     checkpoint("account-connected")
 
-    # Disconnect it.
-    spa.accounts(CONNECTION).get_by_test_id("disconnect").click()
+    # Disconnect it: Cancel keeps it, at the provider too; then confirmed.
+    def still_connected() -> None:
+        expect(spa.accounts(CONNECTION)).to_have_count(1)
+        assert [account["id"] for account in my_account.list_accounts(sub, [], None, 100)["accounts"]] == [
+            linked[0]["id"]
+        ]
+
+    confirm(
+        spa,
+        spa.accounts(CONNECTION).get_by_test_id("disconnect"),
+        "Disconnect your Google account? The application loses access to it.",
+        still_connected,
+        checkpoint,
+        "confirm-disconnect",
+    )
     spa.expect_notice(f"{CONNECTION} disconnected.")
     expect(spa.accounts()).to_have_count(0)
     expect(spa.testid("accounts")).to_have_text("No connected accounts yet.")
     assert my_account.list_accounts(sub, [], None, 100)["accounts"] == []
     checkpoint("account-disconnected")
 
-    # Delete the passkey; the authenticator app stays.
-    spa.methods("passkey").get_by_test_id("delete").click()
+    # Delete the passkey (Cancel first keeps it); the authenticator app stays.
+    def passkey_kept() -> None:
+        expect(spa.methods("passkey")).to_have_count(1)
+        assert [method["id"] for method in my_account.list_methods(sub, "passkey")["authentication_methods"]] == [
+            passkeys[0]["id"]
+        ]
+
+    confirm(spa, spa.methods("passkey").get_by_test_id("delete"), DELETE_PASSKEY, passkey_kept, checkpoint,
+            "confirm-delete-passkey")
     spa.expect_notice("Passkey removed.")
     expect(spa.methods("passkey")).to_have_count(0)
     expect(spa.methods("totp")).to_have_count(1)

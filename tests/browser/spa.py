@@ -9,8 +9,11 @@ from pathlib import Path
 
 from playwright.sync_api import Locator, Page, expect
 
+from bff.demo import demo_content_security_policy, demo_static_dir, with_demo_config
+
 if t.TYPE_CHECKING:
-    from tests.conftest import Stack
+    from bff.clock import Clock
+    from tests.conftest import Stack, StackFactory
 
 EMAIL = "alice@example.com"
 PASSWORD = "alice"
@@ -31,7 +34,9 @@ class Screenshots:
         path = self.folder / f"{self._count:02d}-{name}.png"
         # From the top: a sticky header would otherwise be drawn over the middle of a full page.
         self.page.evaluate("window.scrollTo(0, 0)")
-        self.page.screenshot(path=str(path), full_page=True)
+        # A modal dialog's backdrop covers the window only: the window is what the user sees then.
+        modal = self.page.evaluate("document.querySelector('dialog:modal') !== null")
+        self.page.screenshot(path=str(path), full_page=not modal)
         return path
 
 
@@ -62,7 +67,8 @@ class Spa:
         expect(self.testid("signed-in")).to_be_hidden()
         expect(self.testid("logout")).to_be_hidden()
 
-    def expect_signed_in(self) -> None:
+    def expect_signed_in(self, *, error_shown: bool = False) -> None:
+        """Signed in, every card loaded; and no error shown unless ``error_shown``."""
         expect(self.testid("signed-in")).to_be_visible()
         expect(self.testid("profile-name")).to_have_text(NAME)
         expect(self.testid("profile-email")).to_have_text(EMAIL)
@@ -70,7 +76,8 @@ class Spa:
         # Every card has finished loading (the lists replace their empty state).
         for name in ("methods", "factors", "accounts", "connections", "sessions"):
             expect(self.testid(name).locator("li").first).to_be_visible()
-        expect(self.testid("error")).to_be_empty()
+        if not error_shown:
+            expect(self.testid("error")).to_be_empty()
 
     # The emulator's pages --------------------------------------------------------------------------
 
@@ -144,17 +151,28 @@ def b64url_of_b64(value: str) -> str:
     return base64.urlsafe_b64encode(base64.b64decode(value)).rstrip(b"=").decode()
 
 
-def serve_with_policy(stack: Stack, policy: str) -> Stack:
+def serve_with_policy(stack: Stack, policy: str, clock: Clock | None = None) -> Stack:
     """Serve ``stack``'s SPA with Content-Security-Policy ``policy`` from now on.
 
     A policy naming the emulator's origin can only be written once the emulator runs, after the stack's
-    BFF was built: the same settings with the policy build a second BFF (same store) that takes over the
-    stack's server."""
+    BFF was built: the same settings with the policy build a second BFF (same store, and ``clock`` if the
+    stack was built with one) that takes over the stack's server."""
     import dataclasses
 
     from bff import create_app
 
     settings = dataclasses.replace(stack.settings, content_security_policy=policy)
-    stack.app.wsgi_app = create_app(settings, store=stack.store).wsgi_app
+    stack.app.wsgi_app = create_app(settings, store=stack.store, clock=clock).wsgi_app
     stack.settings = settings
+    return stack
+
+
+def make_demo(make_stack: StackFactory, **overrides: t.Any) -> Stack:
+    """The emulator and a BFF on ``http://localhost:<port>`` serving the demo SPA, with the test Redis and
+    the policy ``bff demo`` serves it with (the emulator's avatars allowed); ``overrides`` go to
+    ``make_stack`` (a ``clock``, say)."""
+    stack = make_stack(host="localhost", static_dir=demo_static_dir(), **overrides)
+    serve_with_policy(stack, demo_content_security_policy(stack.emulator.url), overrides.get("clock"))
+    # What ``bff demo`` adds to the BFF: /demo-config.json, naming the emulator's inbox.
+    stack.app.wsgi_app = with_demo_config(stack.app.wsgi_app, stack.emulator.url)
     return stack

@@ -9,6 +9,7 @@ import re
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
+from bff.emulator.connect import scope_words
 from tests.browser.journey import add_virtual_authenticator
 from tests.browser.spa import EMAIL, PASSWORD, Screenshots, Spa
 from tests.conftest import Stack
@@ -135,7 +136,10 @@ def test_devices_connections_and_scopes_have_readable_names(spa: Spa, screenshot
     expect(labels.first).to_be_visible()
     texts = labels.all_inner_texts()
     assert texts and not [text for text in texts if "://" in text], texts
-    assert "Calendar events (read-only)" in texts, texts
+    assert "See events on your calendars" in texts, texts
+    expect(google.get_by_text("See events on your calendars")).to_have_attribute(
+        "title", "https://www.googleapis.com/auth/calendar.events.readonly"
+    )
     screenshots.take("readable-names")
 
 
@@ -207,6 +211,78 @@ def test_the_login_page_shows_the_demo_credentials_and_what_is_missing(
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Continue").click()
     spa.expect_signed_in()
+
+
+#: Scopes the emulator's connections do not offer, named from their last path segment.
+UNKNOWN_SCOPES = {
+    "https://www.googleapis.com/auth/drive.file": "Drive file",
+    "https://www.googleapis.com/auth/gmail.readonly": "Gmail (read-only)",
+    "https://example.com/scopes/": "Scopes",
+    "admin:org_hook": "Admin org hook",
+    "read_api": "Read api",
+}
+
+
+def test_the_consent_page_and_the_demo_name_permissions_in_words(spa: Spa, screenshots: Screenshots) -> None:
+    """The consent page lists what the application may do in words, the scope itself in small type under
+    them; the demo's permission choices and its connected account say the same words."""
+    page = spa.page
+    spa.open()
+    spa.log_in()
+    google = spa.testid("connections").locator('[data-connection="google-oauth2"]')
+    google.locator("summary").click()
+    labels = google.locator("label")
+    expect(labels.first).to_be_visible()
+    in_demo = {label.get_attribute("title"): label.inner_text() for label in labels.all()}
+    offered = next(connection.scopes for connection in spa.stack.idp.my_account.connections
+                   if connection.name == "google-oauth2")
+    assert list(in_demo) == list(offered), in_demo
+
+    # The demo and the emulator name unknown scopes alike too.
+    for scope, words in UNKNOWN_SCOPES.items():
+        assert scope_words(scope) == words
+    named = page.evaluate("(scopes) => import('/ui.js').then((ui) => scopes.map(ui.scopeLabel))", list(UNKNOWN_SCOPES))
+    assert named == list(UNKNOWN_SCOPES.values())
+
+    spa.testid("connect-google-oauth2").click()
+    items = page.locator("#scopes li")
+    expect(items).to_have_count(len(offered))
+    on_consent = {item.get_attribute("data-scope"): item.locator(".scope-words").inner_text() for item in items.all()}
+    assert on_consent == in_demo
+    assert on_consent["https://www.googleapis.com/auth/calendar.events.readonly"] == "See events on your calendars"
+    assert on_consent["email"] == "See your email address"
+    assert not [words for words in on_consent.values() if "://" in words or "." in words], on_consent
+    # What the eye meets first in each item is the words: above the scope, in the page's type and colour;
+    # the scope under them, smaller, in monospace.
+    layout = page.evaluate(
+        """() => [...document.querySelectorAll('#scopes li')].map((item) => {
+            const words = item.querySelector('.scope-words');
+            const code = item.querySelector('.scope');
+            const scope = code.getBoundingClientRect();
+            return {
+                scope: code.textContent,
+                wordsAbove: words.getBoundingClientRect().bottom <= scope.top + 1,
+                wordsSize: parseFloat(getComputedStyle(words).fontSize),
+                scopeSize: parseFloat(getComputedStyle(code).fontSize),
+                scopeFont: getComputedStyle(code).fontFamily,
+                wordsFont: getComputedStyle(words).fontFamily,
+            };
+        })"""
+    )
+    for item in layout:
+        assert item["scope"] in offered, item
+        assert item["wordsAbove"] and item["wordsSize"] > item["scopeSize"], item
+        assert "monospace" in item["scopeFont"] and "monospace" not in item["wordsFont"], item
+    screenshots.take("consent-in-words")
+
+    page.get_by_role("button", name="Allow").click()
+    spa.expect_notice("google-oauth2 is now connected.")
+    permissions = spa.accounts("google-oauth2").get_by_test_id("account-scopes").locator("li")
+    expect(permissions).to_have_count(len(offered))
+    assert permissions.all_inner_texts() == list(on_consent.values())
+    assert [item.get_attribute("title") for item in permissions.all()] == list(on_consent)
+    expect(spa.accounts("google-oauth2")).not_to_contain_text("googleapis")
+    screenshots.take("connected-account-in-words")
 
 
 def test_the_consent_page_looks_like_the_login_page(spa: Spa, screenshots: Screenshots) -> None:

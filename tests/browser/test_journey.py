@@ -11,7 +11,8 @@ from tests.browser.exposure import JWT, TOKEN_NAMES, Exposure, Seen, jwt_claims
 from tests.browser.journey import run_journey
 from tests.browser.spa import Screenshots, Spa, session_ids
 
-pytestmark = pytest.mark.browser
+# The journey answers the demo's confirmation dialogs itself: Cancel first, then confirm.
+pytestmark = [pytest.mark.browser, pytest.mark.confirm_dialogs]
 
 
 def test_account_settings_journey(spa: Spa, screenshots: Screenshots) -> None:

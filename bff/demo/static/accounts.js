@@ -1,6 +1,8 @@
 // Connected accounts (Token Vault): list, connect through the BFF, disconnect.
 import { connect, myAccount } from "/bff/static/bff.js";
-import { $, confirmAction, connectionLabel, el, formatDate, placeholder, run, scopeLabel } from "./ui.js";
+import {
+  $, CONNECTING, confirmAction, connectionLabel, el, formatDate, placeholder, recall, remember, run, scopeLabel,
+} from "./ui.js";
 
 const MAX_PAGES = 5;
 
@@ -17,9 +19,15 @@ async function allPages(fetchPage, key) {
   return items;
 }
 
+/** What a connected account lets the application do, in words; each scope itself is its tooltip. */
+function permissions(scopes) {
+  if (!scopes?.length) return null;
+  return el("ul", { class: "permissions", "data-testid": "account-scopes", "aria-label": "The application can" },
+    scopes.map((scope) => el("li", { class: "permission", title: scope, "data-scope": scope, text: scopeLabel(scope) })));
+}
+
 function accountItem(account) {
   const meta = [
-    account.scopes?.length ? `Can access: ${account.scopes.map(scopeLabel).join(", ")}` : null,
     `Connected ${formatDate(account.created_at)}`,
     account.expires_at ? `Expires ${formatDate(account.expires_at)}` : null,
   ].filter(Boolean).join(" · ");
@@ -49,7 +57,10 @@ function accountItem(account) {
     "data-account-id": account.id,
     "data-connection": account.connection,
   },
-  el("div", { class: "item-body" }, el("span", { class: "item-title", text: connectionLabel(account.connection) }), el("span", { class: "item-meta", text: meta })),
+  el("div", { class: "item-body" },
+    el("span", { class: "item-title", text: connectionLabel(account.connection) }),
+    el("span", { class: "item-meta", text: meta }),
+    permissions(account.scopes)),
   el("div", { class: "item-actions" }, button));
 }
 
@@ -75,9 +86,12 @@ function connectionItem(connection) {
       el("summary", { text: `Permissions to request (${checkboxes.length})` }),
       el("fieldset", {}, el("legend", { class: "visually-hidden", text: `Permissions for ${connectionLabel(connection.name)}` }), checkboxes))
     : null;
-  button.addEventListener("click", () => {
+  button.addEventListener("click", async () => {
     const chosen = checkboxes.map((c) => c.querySelector("input")).filter((input) => input.checked).map((input) => input.value);
-    run(() => connect(connection.name, chosen, window.location.pathname), { user: true, control: button });
+    // The page we come back to tells what became of this connection (see app.js).
+    remember(CONNECTING, connection.name);
+    const result = await run(() => connect(connection.name, chosen, window.location.pathname), { user: true, control: button });
+    if (!result.ok) recall(CONNECTING);
   });
   return el("li", { class: "item", "data-testid": "connection-item", "data-connection": connection.name },
     el("div", { class: "item-body" },

@@ -4,38 +4,84 @@ import { loadAccounts, loadConnections } from "./accounts.js";
 import { initMethods, loadMethods } from "./methods.js";
 import { renderProfile, stopProfile } from "./profile.js";
 import { loadSessions } from "./sessions.js";
-import { $, clearMessages, el, placeholder, run, showError, showNotice, stepUpTarget, typeLabel } from "./ui.js";
+import {
+  $, CONNECTING, clearMessages, connectionLabel, el, placeholder, recall, remember, run, showError, showNotice, stepUpTarget,
+  typeLabel,
+} from "./ui.js";
 
 // Show our own "Verify it's you" prompt instead of leaving the page at once; when the session is over,
 // go to log in (and come back here) rather than only announcing bff:session-expired.
 configure({ redirectOnAuth: true, redirectOnStepUp: false });
 
-const RETURN_ERRORS = {
-  access_denied: "The request was declined or cancelled.",
-  login_required: "You need to log in again.",
+// Why a login sent the browser back with ?error=: the BFF's codes and the identity provider's.
+const LOGIN_ERRORS = {
+  access_denied: "The login was cancelled.",
+  login_failed: "The login could not be completed.",
+  login_required: "The identity provider needs you to log in.",
+  interaction_required: "The identity provider needs you to log in.",
+  unmet_authentication_requirements: "The identity provider needs you to log in with a second factor.",
   consent_required: "Consent is needed to continue.",
-  invalid_state: "The request expired. Please try again.",
-  server_error: "The identity provider reported an error.",
+  invalid_request: "The login request was not valid.",
+  server_error: "The identity provider reported an error. Try again later.",
   temporarily_unavailable: "The identity provider is unavailable. Try again later.",
-  already_connected: "That account is already connected.",
-  step_up_required: "Verify it's you, then try connecting again.",
-  connect_failed: "The account could not be connected. Try again.",
+  too_many_requests: "Too many attempts. Wait a moment, then try again.",
 };
 
-/** Report `?connected=` / `?error=` from a redirect back, then tidy the address bar. */
-function handleReturn() {
+// The same for a connection this tab did not remember starting (a callback opened again, say).
+const OTHER_ERRORS = {
+  connect_failed: "The account could not be connected.",
+  already_connected: "That account is already connected.",
+  step_up_required: "Verify it's you, then try connecting again.",
+};
+
+// Why connecting an account sent the browser back with ?error=; `label` names the account.
+const CONNECT_ERRORS = {
+  access_denied: (label) => `Connecting your ${label} account was cancelled. Nothing was connected.`,
+  already_connected: (label) => `Your ${label} account is already connected.`,
+  login_required: (label) => `Log in again, then connect your ${label} account.`,
+  step_up_required: (label) => `Verify it's you, then try connecting your ${label} account again.`,
+  temporarily_unavailable: (label) => `Your ${label} account can't be connected right now. Try again later.`,
+};
+
+/**
+ * Take `?connected=` / `?error=` / `?error_description=` from a redirect back, and tidy the address bar.
+ * @returns {{connected: string | null, error: string | null, description: string | null, connecting: string | null}}
+ */
+function takeReturn() {
   const url = new URL(window.location.href);
-  const connected = url.searchParams.get("connected");
-  const error = url.searchParams.get("error");
-  if (connected) showNotice(`${connected} is now connected.`);
-  if (error) {
-    const description = url.searchParams.get("error_description");
-    showError(RETURN_ERRORS[error] || "That didn't work.", [description || `Error code: ${error}`]);
-  }
-  if (connected || error) {
+  const back = {
+    connected: url.searchParams.get("connected"),
+    error: url.searchParams.get("error"),
+    description: url.searchParams.get("error_description"),
+    connecting: recall(CONNECTING),
+  };
+  if (back.connected || back.error) {
     for (const key of ["connected", "error", "error_description"]) url.searchParams.delete(key);
     window.history.replaceState(window.history.state, "", url.pathname + url.search + url.hash);
   }
+  return back;
+}
+
+/** Tell what became of the login or connection the browser came back from. */
+function reportReturn(back, signedIn) {
+  if (back.connected) showNotice(`${back.connected} is now connected.`);
+  if (!back.error) return;
+  let text;
+  let known;
+  if (back.connecting) {
+    const label = connectionLabel(back.connecting);
+    known = Object.hasOwn(CONNECT_ERRORS, back.error);
+    text = known ? CONNECT_ERRORS[back.error](label) : `Your ${label} account could not be connected. Try again.`;
+  } else if (Object.hasOwn(LOGIN_ERRORS, back.error)) {
+    known = true;
+    text = `${LOGIN_ERRORS[back.error]} ${signedIn ? "You are still signed in." : "You are not signed in."}`;
+  } else {
+    known = Object.hasOwn(OTHER_ERRORS, back.error);
+    text = known ? OTHER_ERRORS[back.error] : "That didn't work.";
+  }
+  // The BFF's own description when it sent one; the bare code only when there is nothing better to say.
+  const details = back.description ? [back.description] : known ? [] : [`Error code: ${back.error}`];
+  showError(text, details);
 }
 
 async function loadFactors() {
@@ -93,23 +139,7 @@ async function recheck() {
 const SIGNED_OUT = "demo:signed-out";
 const SESSION_ENDED = "demo:session-ended";
 
-function remembered(key) {
-  try {
-    const value = sessionStorage.getItem(key);
-    sessionStorage.removeItem(key);
-    return value !== null;
-  } catch {
-    return false;
-  }
-}
-
-function remember(key) {
-  try {
-    sessionStorage.setItem(key, "1");
-  } catch {
-    // Storage refused: the notice is only a courtesy.
-  }
-}
+const remembered = (key) => recall(key) !== null;
 
 const ENDED_ELSEWHERE = "Your session was ended, from another device or because it timed out.";
 
@@ -140,9 +170,10 @@ async function boot() {
 
   const signedOut = remembered(SIGNED_OUT);
   const ended = remembered(SESSION_ENDED);
-  handleReturn();
+  const back = takeReturn();
   const result = await run(() => user());
-  if (!result.ok) return showSignedOut();
+  if (!result.ok) return showSignedOut();  // run() has said why; that matters more now
+  reportReturn(back, Boolean(result.value));
   if (result.value) {
     showSignedIn(result.value);
     if (ended) showNotice(`${ENDED_ELSEWHERE} You are signed in again.`);

@@ -31,7 +31,6 @@ function subtitle(method) {
   const parts = [];
   const title = titleOf(method);
   if (typeLabel(method.type) !== title) parts.push(typeLabel(method.type));
-  if (method.type === "passkey") parts.push("Passkey");
   for (const value of [method.email, method.phone_number]) {
     if (value && value !== title) parts.push(value);
   }

@@ -21,6 +21,31 @@ export function el(tag, props = {}, ...children) {
   return node;
 }
 
+// What happened before the last navigation, to be told on the page we come back to (this tab only).
+
+/** Keep `value` under `key` for the next page load of this tab. */
+export function remember(key, value = "1") {
+  try {
+    sessionStorage.setItem(key, value);
+  } catch {
+    // Storage refused: what it would have told is only a courtesy.
+  }
+}
+
+/** The value kept under `key` (null if none), forgotten as it is read. */
+export function recall(key) {
+  try {
+    const value = sessionStorage.getItem(key);
+    sessionStorage.removeItem(key);
+    return value;
+  } catch {
+    return null;
+  }
+}
+
+/** The key under which the connection being connected is kept while the provider's page is shown. */
+export const CONNECTING = "demo:connecting";
+
 // Busy indicator: shown only when calls take longer than BUSY_DELAY_MS.
 const BUSY_DELAY_MS = 300;
 let inFlight = 0;
@@ -88,11 +113,12 @@ export function showNotice(text) {
   syncMessages();
 }
 
-/** @param {string} text @param {string[]} [details] */
+/** @param {string} text @param {string[]} [details] One is a line in smaller type; more are a list. */
 export function showError(text, details = []) {
   const region = $("error");
   region.replaceChildren(el("p", { text }));
-  if (details.length) region.append(el("ul", {}, details.map((item) => el("li", { text: item }))));
+  if (details.length === 1) region.append(el("p", { class: "message-detail", text: details[0] }));
+  else if (details.length) region.append(el("ul", {}, details.map((item) => el("li", { text: item }))));
   syncMessages();
 }
 
@@ -246,29 +272,41 @@ export function connectionLabel(name) {
   return word.charAt(0).toUpperCase() + word.slice(1);
 }
 
+// What the provider's consent page says for each scope (the emulator's says the same: bff/emulator/connect.py).
 const SCOPE_WORDS = {
-  openid: "Sign you in",
-  email: "Your email address",
-  profile: "Your basic profile",
-  offline_access: "Stay connected",
-  "read:user": "Read your profile",
-  "user:email": "Your email addresses",
-  repo: "Your repositories",
+  openid: "Know who you are",
+  email: "See your email address",
+  profile: "See your name and profile picture",
+  offline_access: "Keep access when you are not using the application",
+  "https://www.googleapis.com/auth/calendar": "See, edit, share and delete your calendars",
+  "https://www.googleapis.com/auth/calendar.readonly": "See your calendars",
+  "https://www.googleapis.com/auth/calendar.events": "See and edit events on your calendars",
+  "https://www.googleapis.com/auth/calendar.events.readonly": "See events on your calendars",
+  "https://www.googleapis.com/auth/calendar.settings.readonly": "See your calendar settings",
+  "https://www.googleapis.com/auth/calendar.addons.execute": "Run as a Calendar add-on",
+  "read:user": "See your profile",
+  "user:email": "See your email addresses",
+  repo: "See and change your repositories",
 };
 
-/** A scope in words: "Calendar events (read-only)" for `https://www.googleapis.com/auth/calendar.events.readonly`. */
+/**
+ * A scope in words: "See your calendars" for `https://www.googleapis.com/auth/calendar.readonly`. An unknown
+ * scope is named by its last path segment: "Drive file (read-only)" for `…/auth/drive.file.readonly`.
+ */
 export function scopeLabel(scope) {
-  if (SCOPE_WORDS[scope]) return SCOPE_WORDS[scope];
+  if (Object.hasOwn(SCOPE_WORDS, scope)) return SCOPE_WORDS[scope];
   let last = scope;
-  try {
-    last = new URL(scope).pathname.split("/").filter(Boolean).pop() || scope;
-  } catch {
-    // Not a URL: the scope is already a word or two.
+  if (scope.includes("://")) {
+    try {
+      last = new URL(scope).pathname.replace(/\/+$/, "").split("/").pop() || scope;
+    } catch {
+      // Not a URL after all: name it as it is.
+    }
   }
-  const parts = last.split(/[._:]+/).filter(Boolean);
-  const readOnly = parts.at(-1) === "readonly";
-  if (readOnly) parts.pop();
-  const text = parts.join(" ");
+  const words = last.split(/[._:]+/).filter(Boolean);
+  const readOnly = words.length > 1 && words.at(-1) === "readonly";
+  if (readOnly) words.pop();
+  const text = words.join(" ") || scope;
   const sentence = text.charAt(0).toUpperCase() + text.slice(1);
   return readOnly ? `${sentence} (read-only)` : sentence;
 }
