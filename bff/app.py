@@ -11,6 +11,7 @@ from .auth import backchannel as backchannel_views
 from .auth import sessions as sessions_views
 from .auth import views as auth_views
 from .clock import Clock, SystemClock
+from .dpop import SessionKeys
 from .errors import Problem, register_error_handlers
 from .flows import connect as connect_views
 from .health import blueprint as health_blueprint
@@ -24,6 +25,7 @@ from .security import SecretBox
 from .services import EXTENSION_KEY, Services
 from .session import SessionCore, SessionPolicy
 from .session import init_app as init_sessions
+from .session.cache import open_cache
 from .settings import ConfigError, Settings
 from .store import SessionStore, open_store
 from .tokens.endpoint import TokenClient
@@ -70,10 +72,12 @@ def create_app(
         clock,
         SessionPolicy(idle_timeout=settings.session_idle_timeout, lifetime=settings.session_lifetime),
         _revoker(provider, token_client),
+        open_cache(store, clock, enabled=settings.session_cache),
     )
+    dpop_keys = SessionKeys(box.derived("bff/dpop"), box.seal, box.open)
     tokens = TokenManager(
         settings, sessions, token_client, box, clock, ScopePlan(routes.scopes),
-        lambda: provider.endpoint("token_endpoint"),
+        lambda: provider.endpoint("token_endpoint"), dpop_keys,
     )
     app.extensions[EXTENSION_KEY] = Services(
         settings=settings,
@@ -84,9 +88,10 @@ def create_app(
         token_client=token_client,
         sessions=sessions,
         tokens=tokens,
-        myaccount=MyAccountClient(tokens, Forwarder(settings)),
+        myaccount=MyAccountClient(tokens, Forwarder(settings), dpop_keys, clock),
         routes=routes,
         limits=RateLimits(settings, store, box.mac),
+        dpop_keys=dpop_keys,
     )
 
     init_sessions(app, sessions, settings)

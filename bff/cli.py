@@ -162,7 +162,10 @@ def _emulator(args: argparse.Namespace) -> None:
     if args.keyfile and not args.certfile:
         _fail("--keyfile needs --certfile")
     try:
-        run(args.host, args.port, certfile=args.certfile, keyfile=args.keyfile)
+        dpop = {"require_proof_of_possession": args.require_dpop, "dpop_nonce": args.dpop_nonce,
+                "dpop_api_nonce": args.dpop_nonce}
+        run(args.host, args.port, certfile=args.certfile, keyfile=args.keyfile,
+            settings={name: True for name, on in dpop.items() if on})
     except ConfigError as error:
         _fail(error)
     except ValueError as error:
@@ -202,9 +205,13 @@ def _check(args: argparse.Namespace) -> None:
     from .oidc import Provider
 
     skipped: list[str] = []
+    dpop: str | None = None
     try:
         provider = Provider(settings, SystemClock())
         skipped = provider.skipped_features()
+        dpop = provider.dpop_status()
+        if settings.dpop and provider.dpop_algorithm() is None:
+            problems.append(f"BFF_DPOP: the provider's {dpop}")
         credentials = _client_authentication(settings, provider)
         if credentials is not None:
             problems.append(credentials)
@@ -233,7 +240,10 @@ def _check(args: argparse.Namespace) -> None:
         print(problem_line, file=sys.stderr)
     if problems:
         raise SystemExit(1)
-    for note in [*(f"the provider advertises {item}" for item in skipped), *_advice(settings)]:
+    notes = [*(f"the provider advertises {item}" for item in skipped), *_advice(settings)]
+    if dpop is not None:
+        notes.append(f"DPoP {'on' if settings.dpop else 'off'} (BFF_DPOP); discovery advertises {dpop}")
+    for note in notes:
         print(f"note: {note}")
     print("configuration ok")
 
@@ -246,10 +256,14 @@ def _client_authentication(settings: Settings, provider: t.Any) -> str | None:
     when they are wrong or the grant is not allowed. Nothing is created or changed at the provider.
     """
     from .clock import SystemClock
+    from .dpop import DpopKey
     from .tokens.endpoint import TokenClient, TokenFailure
 
+    # With DPoP, as the BFF will call: a provider that requires proofs refuses a grant without one.
+    algorithm = provider.dpop_algorithm() if settings.dpop else None
     result = TokenClient(settings, SystemClock()).refresh(
-        provider.endpoint("token_endpoint"), "bff-check-no-such-token", audience=None, scope=None
+        provider.endpoint("token_endpoint"), "bff-check-no-such-token", audience=None, scope=None,
+        dpop=DpopKey.generate(algorithm) if algorithm else None,
     )
     if not isinstance(result, TokenFailure) or result.kind == "invalid_grant":
         return None
@@ -295,6 +309,10 @@ def main(argv: t.Sequence[str] | None = None) -> None:
     emulator.add_argument("--port", type=int, default=9000)
     emulator.add_argument("--certfile", help="serve HTTPS with this PEM certificate (chain)")
     emulator.add_argument("--keyfile", help="the certificate's PEM private key, unless it is in --certfile")
+    emulator.add_argument("--require-dpop", action="store_true",
+                          help="the application requires DPoP-bound tokens (Require Sender Constraining)")
+    emulator.add_argument("--dpop-nonce", action="store_true",
+                          help="the token endpoint and the My Account API require DPoP nonces")
     emulator.set_defaults(handler=_emulator)
 
     demo = commands.add_parser("demo", help="run the emulator, the BFF and the demo SPA on loopback")

@@ -5,6 +5,11 @@ refuses a token the BFF believed good (revoked, clock skew, consent or policy ch
 minted): one fresh token and one retry, never two. A second 401 asks the user to log in again; a
 second ``insufficient_scope`` asks for step-up.
 
+With DPoP (a session whose record holds a key) every call carries ``Authorization: DPoP <token>`` and a
+fresh proof (``htm``, ``htu``, ``ath``); a ``use_dpop_nonce`` challenge is answered once with the
+nonce it carries, which is remembered so that the next calls need no challenge. That retry is not a
+refusal of the token and does not count against the one token retry.
+
 Failures come back as values (:data:`CallFailure`); :func:`call_problem` is the one place that turns
 them, and token refusals, into problems with a login URL that returns the user to ``return_to``.
 """
@@ -15,6 +20,8 @@ import typing as t
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+from .clock import Clock
+from .dpop import NonceMemory, SessionKeys
 from .errors import Problem, ProblemKind
 from .proxy.forward import Forwarder, UpstreamFailure, UpstreamResponse
 from .session import LiveSession
@@ -93,9 +100,25 @@ def _refused(upstream: UpstreamResponse | UpstreamFailure) -> bool:
 class MyAccountClient:
     """Calls the My Account API for a session; see the module docstring."""
 
-    def __init__(self, tokens: TokenManager, forwarder: Forwarder) -> None:
+    def __init__(self, tokens: TokenManager, forwarder: Forwarder, dpop_keys: SessionKeys, clock: Clock) -> None:
         self._tokens = tokens
         self._forwarder = forwarder
+        self._dpop_keys = dpop_keys
+        self._clock = clock
+        self.nonces = NonceMemory()
+
+    def credentials(self, session: LiveSession, token: AccessToken, method: str, path: str) -> dict[str, str]:
+        """The headers that authorize one call with ``token``: Bearer, or DPoP with a fresh proof.
+
+        Security: the values are secrets (a token, a proof); they go upstream only, never to the browser
+        or a log line.
+        """
+        key = self._dpop_keys.open(session.sealed_dpop_key)
+        if key is None:
+            return {"authorization": "Bearer " + token.token}
+        url = self._forwarder.url(path)
+        proof = key.proof(method, url, now=self._clock.now(), nonce=self.nonces.get(url), access_token=token.token)
+        return {"authorization": "DPoP " + token.token, "dpop": proof}
 
     def call(
         self,
@@ -109,14 +132,28 @@ class MyAccountClient:
     ) -> UpstreamResponse | CallFailure:
         """Send one call with a token covering ``scope``; refresh and retry once if the token is refused."""
         refused: AccessToken | None = None
-        for _attempt in range(2):
+        challenged = False
+        while True:
             token = self._tokens.access_token(session, scope, refused=refused)
             if isinstance(token, TokenRefusal):
                 return token
-            upstream = self._forwarder.send(method, path, query, headers, body, token.token)
-            if not _refused(upstream):
-                return upstream
+            upstream = self._forwarder.send(
+                method, path, query, headers, body, self.credentials(session, token, method, path)
+            )
+            if isinstance(upstream, UpstreamResponse) and upstream.dpop_nonce:
+                self.nonces.remember(self._forwarder.url(path), upstream.dpop_nonce)
+                if upstream.nonce_challenge:
+                    if challenged:
+                        return UpstreamFailure(
+                            502, "upstream-unavailable", "The My Account API refused its own DPoP nonce."
+                        )
+                    challenged = True
+                    continue
+            if not _refused(upstream) or refused is not None:
+                break
             refused = token
+        if not _refused(upstream):
+            return upstream
         assert isinstance(upstream, UpstreamResponse)
         if upstream.status == 401:
             return RefusedTwice(insufficient_scope=False, scope=scope)

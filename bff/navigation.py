@@ -35,6 +35,8 @@ _CODES = {
     ProblemKind.ALREADY_CONNECTED: "already_connected",
     ProblemKind.CONNECT_FAILED: "connect_failed",
     ProblemKind.RATE_LIMITED: "too_many_requests",
+    # A setup fault, not a passing one: trying again later will not help.
+    ProblemKind.IDP_MISCONFIGURED: "server_error",
     ProblemKind.INVALID_RETURN_URL: "invalid_request",
     ProblemKind.INVALID_LOGIN_REQUEST: "invalid_request",
     ProblemKind.CSRF: "invalid_request",

@@ -21,6 +21,7 @@ from joserfc.jwk import KeySet
 from joserfc.jwt import JWTClaimsRegistry
 
 from .clock import Clock
+from .dpop import choose_algorithm
 from .errors import Problem, ProblemKind
 from .settings import Settings
 
@@ -95,6 +96,23 @@ class Provider:
         value = self.metadata().get("revocation_endpoint")
         return value if isinstance(value, str) and value else None
 
+    def dpop_algorithm(self) -> str | None:
+        """The algorithm for DPoP proofs (ES256 unless the provider lists only another one the BFF
+        makes); ``None`` when the provider lists none of them."""
+        advertised = self.metadata().get("dpop_signing_alg_values_supported")
+        return choose_algorithm(advertised if isinstance(advertised, list) else None)
+
+    def dpop_status(self) -> str:
+        """What discovery says of DPoP, for ``bff check``."""
+        advertised = self.metadata().get("dpop_signing_alg_values_supported")
+        if not isinstance(advertised, list) or not advertised:
+            return "no dpop_signing_alg_values_supported (DPoP proofs will use ES256)"
+        chosen = self.dpop_algorithm()
+        listed = ", ".join(str(alg) for alg in advertised)
+        if chosen is None:
+            return f"dpop_signing_alg_values_supported lists only {listed}, none of which the BFF signs with"
+        return f"dpop_signing_alg_values_supported: {listed} (proofs use {chosen})"
+
     def skipped_features(self) -> list[str]:
         """What the BFF leaves out with this provider, because its discovery document does not offer it."""
         metadata = self.metadata()
@@ -135,9 +153,13 @@ class Provider:
 
     # Authorization ---------------------------------------------------------------------------
 
-    def authorization_request(self, extra: t.Mapping[str, str]) -> AuthorizationRequest:
-        """A code + PKCE (S256) authorization URL with fresh ``state`` and ``nonce``."""
+    def authorization_request(
+        self, extra: t.Mapping[str, str], *, dpop_jkt: t.Callable[[str], str] | None = None
+    ) -> AuthorizationRequest:
+        """A code + PKCE (S256) authorization URL with fresh ``state`` and ``nonce``; with ``dpop_jkt``,
+        the thumbprint of the login's DPoP key (a function of the state) binds the code to that key."""
         code_verifier = generate_token(64)
+        state = generate_token(43)
         nonce = generate_token(32)
         client = OAuth2Session(
             self._settings.client_id,
@@ -148,8 +170,10 @@ class Provider:
         params = {key: value for key, value in extra.items() if key != "scope"}
         if self._settings.audience:
             params[self._settings.resource_parameter] = self._settings.audience
+        if dpop_jkt is not None:
+            params["dpop_jkt"] = dpop_jkt(state)
         url, state = client.create_authorization_url(
-            self.endpoint("authorization_endpoint"), code_verifier=code_verifier, nonce=nonce, **params
+            self.endpoint("authorization_endpoint"), state=state, code_verifier=code_verifier, nonce=nonce, **params
         )
         return AuthorizationRequest(url=url, state=state, nonce=nonce, code_verifier=code_verifier)
 

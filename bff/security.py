@@ -92,6 +92,11 @@ class SecretBox:
             [Fernet(base64.urlsafe_b64encode(_derive(secret, "bff/encrypt"))) for secret in secrets]
         )
         self._mac_keys = [_derive(secret, "bff/mac") for secret in secrets]
+        self._first = secrets[0]
+
+    def derived(self, purpose: str) -> bytes:
+        """A key for ``purpose`` derived from the current secret (never the secret itself)."""
+        return _derive(self._first, purpose)
 
     def seal(self, plaintext: bytes) -> bytes:
         return self._fernet.encrypt(plaintext)

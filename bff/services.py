@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from flask import current_app
 
 from .clock import Clock
+from .dpop import SessionKeys
 from .myaccount import MyAccountClient
 from .oidc import Provider
 from .proxy.matching import RouteTable
@@ -40,6 +41,7 @@ class Services:
     myaccount: MyAccountClient
     routes: RouteTable
     limits: RateLimits
+    dpop_keys: SessionKeys
 
 
 def services() -> Services:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import typing as t
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -23,6 +24,10 @@ _LOOPBACK_NAMES = {"localhost"}
 _MIN_SECRET_LENGTH = 32
 _STORE_SCHEMES = ("redis", "rediss", "redis+sentinel", "redis+cluster", "rediss+cluster", "sqlite")
 _LOG_FORMATS = ("json", "text")
+_OFFLOAD_MODES = ("nginx",)
+#: What an offload secret may hold: it is written into nginx's configuration and sent as a header value.
+_OFFLOAD_SECRET_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
+_MIN_DISTINCT_SECRET_CHARS = 10
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -120,6 +125,19 @@ def _choice(*choices: str) -> t.Callable[[str], str]:
     return parse
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"must be true or false, got {raw!r}")
+
+
 def _address(raw: str) -> str:
     host, _, port = raw.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -146,6 +164,7 @@ class Settings:
     secret_keys: tuple[str, ...] = field(repr=False, metadata=_env("BFF_SECRET_KEY", _secrets, required=True))
     session_store: str | None = field(default=None, metadata=_env("BFF_SESSION_STORE"))
     store_prefix: str = field(default="bff:", metadata=_env("BFF_STORE_PREFIX"))
+    session_cache: bool = field(default=True, metadata=_env("BFF_SESSION_CACHE", _flag))
     scopes: str = field(default=DEFAULT_SCOPES, metadata=_env("BFF_SCOPES"))
     audience: str | None = field(default=None, metadata=_env("BFF_AUDIENCE"))
     resource_parameter: str = field(
@@ -173,10 +192,13 @@ class Settings:
     log_format: str | None = field(default=None, metadata=_env("BFF_LOG_FORMAT", _choice(*_LOG_FORMATS)))
     metrics_address: str | None = field(default=None, metadata=_env("BFF_METRICS_ADDRESS", _address))
     trusted_proxies: tuple[Network, ...] = field(default=(), metadata=_env("BFF_TRUSTED_PROXIES", _networks))
+    offload: str | None = field(default=None, metadata=_env("BFF_OFFLOAD", _choice(*_OFFLOAD_MODES)))
+    offload_secret: str = field(default="", repr=False, metadata=_env("BFF_OFFLOAD_SECRET"))
     rate_limit_session: str = field(default="600/minute", metadata=_env("BFF_RATE_LIMIT_SESSION"))
     rate_limit_address: str = field(default="1200/minute", metadata=_env("BFF_RATE_LIMIT_ADDRESS"))
     rate_limit_login: str = field(default="30/minute", metadata=_env("BFF_RATE_LIMIT_LOGIN"))
     rate_limit_connect: str = field(default="10/minute", metadata=_env("BFF_RATE_LIMIT_CONNECT"))
+    dpop: bool = field(default=False, metadata=_env("BFF_DPOP", _flag))
 
     def __post_init__(self) -> None:
         # The issuer is kept as configured: providers differ on the trailing slash, and the provider's
@@ -226,6 +248,10 @@ class Settings:
             check("BFF_REFRESH_TOKEN_OVERLAP", "must be zero or more seconds")
         if self.log_format is not None and self.log_format not in _LOG_FORMATS:
             check("BFF_LOG_FORMAT", f"must be one of {', '.join(_LOG_FORMATS)}")
+        if self.offload is not None and self.offload not in _OFFLOAD_MODES:
+            check("BFF_OFFLOAD", f"must be one of {', '.join(_OFFLOAD_MODES)}")
+        if self.offload is not None:
+            check("BFF_OFFLOAD_SECRET", _offload_secret_problem(self.offload_secret, self.secret_keys))
         for variable, value in (
             ("BFF_RATE_LIMIT_SESSION", self.rate_limit_session),
             ("BFF_RATE_LIMIT_ADDRESS", self.rate_limit_address),
@@ -324,6 +350,25 @@ class Settings:
 def variables() -> dict[str, dataclasses.Field[t.Any]]:
     """Every ``BFF_*`` variable the settings read, with its field."""
     return {spec.metadata["env"]: spec for spec in dataclasses.fields(Settings)}
+
+
+def _offload_secret_problem(secret: str, secret_keys: tuple[str, ...]) -> str | None:
+    """Why ``secret`` cannot prove that a request came through the offloading reverse proxy.
+
+    Security: a request that carries it is answered with an internal redirect holding the session's
+    access token in a header, which the reverse proxy consumes; anyone else who knew it could read the
+    token of any session whose cookie they hold. It is also written into nginx's configuration.
+    """
+    if not secret:
+        return "is required with BFF_OFFLOAD (the header value the reverse proxy proves itself with)"
+    if len(secret) < _MIN_SECRET_LENGTH or len(set(secret)) < _MIN_DISTINCT_SECRET_CHARS:
+        return (f"must be at least {_MIN_SECRET_LENGTH} random characters (e.g. openssl rand -hex 32), "
+                f"not a placeholder")
+    if not _OFFLOAD_SECRET_CHARS.fullmatch(secret):
+        return "may hold only A-Z a-z 0-9 . _ ~ + / = - (it is written into nginx's configuration)"
+    if secret in secret_keys:
+        return "must not be one of BFF_SECRET_KEY's secrets"
+    return None
 
 
 def _rate_problem(value: str) -> str | None:

@@ -65,7 +65,18 @@ StackFactory = t.Callable[..., Stack]
 
 
 @pytest.fixture
-def make_stack(redis_url: str, tmp_path: t.Any) -> t.Iterator[StackFactory]:
+def token_binding() -> str:
+    """How a stack's tokens are bound: ``bearer``, or ``dpop`` (``BFF_DPOP`` on, and a tenant that
+    requires sender-constrained tokens). A module that must hold in both modes overrides this fixture
+    with ``params=TOKEN_BINDINGS``."""
+    return "bearer"
+
+
+TOKEN_BINDINGS = ["bearer", "dpop"]
+
+
+@pytest.fixture
+def make_stack(redis_url: str, tmp_path: t.Any, token_binding: str) -> t.Iterator[StackFactory]:
     started: list[tuple[ThreadedServer, t.Any, SessionStore]] = []
 
     def factory(
@@ -81,7 +92,9 @@ def make_stack(redis_url: str, tmp_path: t.Any) -> t.Iterator[StackFactory]:
         store_url = {"redis": redis_url, "sqlite": f"sqlite:///{tmp_path}/sessions.db"}.get(store, store)
         # Tests log in and call far more often than a person; a test about limits sets its own.
         overrides = {**{f"rate_limit_{kind}": "off" for kind in ("session", "address", "login", "connect")},
-                     **overrides}
+                     "dpop": token_binding == "dpop", **overrides}
+        if overrides["dpop"]:
+            emulator.state.configure(require_proof_of_possession=True)
         settings = Settings(
             issuer_url=emulator.url + "/",
             client_id=CLIENT_ID,

@@ -14,8 +14,14 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from bff.emulator.state import BACKCHANNEL_LOGOUT_EVENT
-from tests.conftest import CLIENT_ID, Stack
+from tests.conftest import CLIENT_ID, TOKEN_BINDINGS, Stack
 from tests.support.problems import assert_problem
+
+
+@pytest.fixture(params=TOKEN_BINDINGS)
+def token_binding(request: pytest.FixtureRequest) -> str:
+    """Every test here holds with Bearer tokens and with DPoP-bound ones."""
+    return str(request.param)
 
 
 def session_doc(stack: Stack, http: requests.Session) -> dict[str, t.Any]:

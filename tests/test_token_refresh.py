@@ -19,13 +19,19 @@ import requests
 from bff import Settings, create_app
 from bff.clock import Clock
 from bff.store import open_store
-from tests.conftest import CLIENT_ID, CLIENT_SECRET, SECRET_KEY, Stack, StackFactory
+from tests.conftest import CLIENT_ID, CLIENT_SECRET, SECRET_KEY, TOKEN_BINDINGS, Stack, StackFactory
 from tests.support.browser import bff_session, login
 from tests.support.clock import ManualClock
 from tests.support.processes import BffProcess
 from tests.support.redis_server import free_port
 from tests.support.servers import ThreadedServer
 from tests.test_auth import assert_problem
+
+
+@pytest.fixture(params=TOKEN_BINDINGS)
+def token_binding(request: pytest.FixtureRequest) -> str:
+    """Every test here holds with Bearer tokens and with DPoP-bound ones."""
+    return str(request.param)
 
 READ = "/me/v1/authentication-methods"
 
@@ -63,7 +69,7 @@ class TwoBffs(t.NamedTuple):
 
 
 @pytest.fixture
-def two_bffs(request: pytest.FixtureRequest, redis_url: str) -> t.Iterator[TwoBffs]:
+def two_bffs(request: pytest.FixtureRequest, redis_url: str, token_binding: str) -> t.Iterator[TwoBffs]:
     """Two BFF processes; ``@pytest.mark.overlap(seconds)`` gives the tenant and the BFF a rotation overlap."""
     from bff.emulator import EmulatorConfig, EmulatorServer
 
@@ -73,7 +79,7 @@ def two_bffs(request: pytest.FixtureRequest, redis_url: str) -> t.Iterator[TwoBf
     base_url = f"http://127.0.0.1:{port_a}"
     emulator = EmulatorServer(EmulatorConfig(CLIENT_ID, CLIENT_SECRET, base_url))
     emulator.start()
-    emulator.state.configure(leeway=overlap)
+    emulator.state.configure(leeway=overlap, require_proof_of_possession=token_binding == "dpop")
     env = {
         "BFF_REFRESH_TOKEN_OVERLAP": str(overlap),
         "BFF_ISSUER_URL": emulator.url + "/",
@@ -85,6 +91,7 @@ def two_bffs(request: pytest.FixtureRequest, redis_url: str) -> t.Iterator[TwoBf
         "BFF_TOKEN_REFRESH_MARGIN": "1",
         "BFF_TOKEN_TIMEOUT": "2",
         "BFF_REFRESH_LOCK_LEASE": "3",
+        "BFF_DPOP": str(token_binding == "dpop").lower(),
     }
     processes: list[BffProcess] = []
     try:
@@ -236,7 +243,7 @@ def test_different_scope_sets_never_redeem_one_refresh_token_twice(stack: Stack)
         statuses = list(pool.map(call, calls))
     stack.idp.token_latency(0)
 
-    assert sorted(set(statuses)) == [200, 202, 404], statuses  # 404: no such account upstream
+    assert sorted(set(statuses)) == [200, 202, 400], statuses  # 400: no such account upstream
     assert refresh_calls(stack.idp) == 3  # one exchange per scope set, one after the other
     box = stack.app.extensions["bff"].box
     assert_family_alive(stack.idp, stored_refresh_token(box, stack.store, session_id(http)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import typing as t
 
 from flask import Blueprint, Response, after_this_request, jsonify, redirect, request
 from werkzeug.wrappers import Response as BaseResponse
@@ -118,11 +119,30 @@ def login() -> BaseResponse:
         return navigation_error(request, problem, return_to=return_to)
 
 
+def _dpop_algorithm(svc: Services) -> str | None:
+    """The algorithm of DPoP keys with ``BFF_DPOP`` on, ``None`` with it off."""
+    if not svc.settings.dpop:
+        return None
+    algorithm = svc.provider.dpop_algorithm()
+    if algorithm is None:
+        raise Problem(ProblemKind.IDP_MISCONFIGURED,
+                      "BFF_DPOP is on, but the provider accepts none of the BFF's DPoP signing algorithms.")
+    return algorithm
+
+
+def _dpop_jkt(svc: Services) -> t.Callable[[str], str] | None:
+    """The authorization request's ``dpop_jkt``, from the key the login's ``state`` derives."""
+    algorithm = _dpop_algorithm(svc)
+    if algorithm is None:
+        return None
+    return lambda state: svc.dpop_keys.for_login(state, algorithm).thumbprint
+
+
 def _login(return_to: str) -> BaseResponse:
     svc = services()
     extra = _login_params(svc)
     svc.limits.hit("login", request.remote_addr or "")
-    authorization = svc.provider.authorization_request(extra)
+    authorization = svc.provider.authorization_request(extra, dpop_jkt=_dpop_jkt(svc))
     # The browser's current session, ended once the new one starts. The raw cookie, not a loaded
     # session: the login must not depend on the store, and an id that names nothing ends nothing.
     current = request.cookies.get(svc.settings.session_cookie_name, "")
@@ -185,11 +205,14 @@ def _finish_login(svc: Services, transaction: LoginTransaction) -> BaseResponse:
     code = args.get("code")
     if not code:
         raise _login_failed("The callback is missing its code.")
+    algorithm = _dpop_algorithm(svc)
+    dpop = svc.dpop_keys.for_login(transaction.state, algorithm) if algorithm is not None else None
     result = svc.token_client.exchange_code(
         svc.provider.endpoint("token_endpoint"),
         code=code,
         code_verifier=transaction.verifier,
         redirect_uri=svc.settings.redirect_uri,
+        dpop=dpop,
     )
     if isinstance(result, TokenFailure):
         if result.kind in ("unavailable", "ambiguous"):
@@ -200,6 +223,12 @@ def _finish_login(svc: Services, transaction: LoginTransaction) -> BaseResponse:
         raise _login_failed(f"The code could not be exchanged ({result.error}).")
     if not result.id_token:
         raise _login_failed("The token response has no ID token.", ProblemKind.IDP_ERROR)
+    if dpop is not None and not result.dpop_bound:
+        raise _login_failed(
+            f"The identity provider answered {result.token_type} tokens where DPoP was required: enable "
+            "DPoP (sender-constraining) for the application, or turn BFF_DPOP off.",
+            ProblemKind.IDP_MISCONFIGURED,
+        )
     if not result.refresh_token:
         raise _login_failed(
             "The token response has no refresh token: request offline_access and allow the "
@@ -219,6 +248,7 @@ def _finish_login(svc: Services, transaction: LoginTransaction) -> BaseResponse:
         request.headers.get("User-Agent", ""),
         access=svc.tokens.login_access(result),
         previous_sid=previous,
+        dpop_key=svc.dpop_keys.seal(dpop) if dpop is not None else None,
     )
     session.adopt(live)
     log.info("login", extra={"event": "login", "result": "ok", "session": session_tag(svc.box.mac, live.sid),

@@ -24,6 +24,10 @@ Control endpoints (JSON in, JSON out; bad input answers 400 ``{"error": ...}``):
 - ``POST /_emulator/logout`` ``{"sub"}`` or ``{"sid"}``: ends SSO sessions with back-channel logout
 - ``GET /_emulator/backchannel``: the back-channel deliveries so far
 - ``GET /_emulator/outbox``: the one-time codes sent by email or text message, newest first
+- ``GET /_emulator/dpop``: each DPoP server's (``token_endpoint``, ``my_account``) current nonce and the
+  ``use_dpop_nonce`` challenges it gave; ``POST /_emulator/dpop/nonce`` ``{"server"?}`` rotates that server's
+  nonce (both without ``server``). Nonces are required per the ``dpop_nonce`` / ``dpop_api_nonce`` settings.
+- ``GET /_emulator/tokens`` (``?sub=`` optional): the token responses given, newest first, tokens included
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from datetime import UTC, datetime
 from flask import Blueprint, Flask, Response, jsonify, render_template, request
 
 from bff.emulator import idp, myaccount
-from bff.emulator.state import EmulatorState
+from bff.emulator.state import DPOP_SERVERS, EmulatorState
 
 __all__ = [
     "create_emulator_app",
@@ -162,6 +166,33 @@ def _controls_blueprint(state: EmulatorState) -> Blueprint:
         with state.lock:
             deliveries = [dataclasses.asdict(d) for d in state.backchannel_deliveries]
         return jsonify(deliveries=deliveries)
+
+    def dpop_servers() -> Response:
+        return jsonify(
+            {
+                name: {"nonce": state.dpop_nonce(name), "nonce_challenges": state.dpop_nonce_challenges(name)}
+                for name in DPOP_SERVERS
+            }
+        )
+
+    @bp.get("/dpop")
+    def dpop() -> Response:
+        return dpop_servers()
+
+    @bp.post("/dpop/nonce")
+    def rotate_dpop_nonce() -> Response:
+        body = request.get_json(silent=True)
+        server = body.get("server") if isinstance(body, dict) else None
+        if server is not None and server not in DPOP_SERVERS:
+            raise ValueError(f"server must be one of {list(DPOP_SERVERS)}")
+        state.rotate_dpop_nonce(server)
+        return dpop_servers()
+
+    @bp.get("/tokens")
+    def issued_tokens() -> Response:
+        response = jsonify(tokens=[dataclasses.asdict(i) for i in state.issued_tokens(request.args.get("sub"))])
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     @bp.get("/outbox")
     def outbox() -> Response:

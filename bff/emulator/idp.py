@@ -18,13 +18,22 @@ one of the Allowed Logout URLs, compared exactly. Token answers are ``no-store``
   period (refresh-token-rotation.md, configure-refresh-token-rotation.md), multi-resource refresh tokens
   (multi-resource-refresh-token.md, configure-and-implement-multi-resource-refresh-token.md) and the My
   Account API Default Policy (my-account-api.md).
+- DPoP (demonstrating-proof-of-possession-dpop.md, RFC 9449): a token request with a valid proof gets
+  DPoP-bound tokens (``token_type`` ``DPoP``, ``cnf.jkt`` in the access token, the refresh-token family
+  bound to the key for its life); ``/authorize`` takes ``dpop_jkt`` and binds the code to it. Proofs are
+  checked by :mod:`bff.emulator.dpop_check`; the knobs are :class:`~bff.emulator.state.TokenSettings`'
+  ``dpop_*`` fields and ``require_proof_of_possession``.
 - ``/oauth/revoke`` (revoke-refresh-token.md), ``/oidc/logout`` (oidc-logout.md) and Auth0's own
   ``/v2/logout`` (``client_id``, ``returnTo``, ``federated``), which end the SSO session and send an OIDC
   back-channel logout (back-channel-logout.md).
 
 Errors at the token endpoint are JSON ``{error, error_description}``, as Auth0 answers: an unknown, expired,
 revoked or reused refresh token is 403 ``invalid_grant`` "Unknown or invalid refresh token." (refresh-token.md
-lists 403 for it), and ``mfa_required`` carries an ``mfa_token``, as Auth0's MFA API documents.
+lists 403 for it), and ``mfa_required`` carries an ``mfa_token``, as Auth0's MFA API documents. DPoP failures
+are 400 ``invalid_dpop_proof`` (a bad proof, none where the code, the refresh token or the application needs
+one, or one made with another key: RFC 9449 section 5 names this error for the token endpoint, Auth0's
+DPoP page lists it) and 400 ``use_dpop_nonce`` with a ``DPoP-Nonce`` header, in Auth0's words ("Authorization
+server requires nonce in DPoP proof").
 """
 
 from __future__ import annotations
@@ -46,6 +55,13 @@ import pyotp
 from flask import Blueprint, Flask, Response, jsonify, render_template, request
 from markupsafe import escape
 
+from bff.emulator.dpop_check import (
+    INVALID_DPOP_PROOF,
+    Proof,
+    ProofError,
+    ResourceAuthError,
+    check_resource_request,
+)
 from bff.emulator.state import (
     AUTHORIZATION_CODE_LIFETIME,
     DEFAULT_POLICY_WINDOW,
@@ -57,6 +73,7 @@ from bff.emulator.state import (
     AuthorizeRequest,
     EmulatorState,
     InvalidAccessToken,
+    IssuedTokens,
     LoginTransaction,
     RefreshFamily,
     SsoSession,
@@ -78,6 +95,7 @@ SSO_COOKIE = "auth0"
 """Auth0's own session cookie name."""
 
 _PKCE_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
+_JWK_THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of a SHA-256 digest
 _PROMPTS = frozenset({"none", "login", "consent", "select_account"})
 _LOGIN_EXPIRED = ("Login expired", "This login attempt has expired. Start again from the application.")
 
@@ -85,17 +103,24 @@ _LOGIN_EXPIRED = ("Login expired", "This login attempt has expired. Start again 
 class OAuthError(Exception):
     """An OAuth error answered to the client: JSON at the token endpoint, a redirect at ``/authorize``.
 
-    ``extra`` are further members of the JSON answer, such as ``mfa_token``.
+    ``extra`` are further members of the JSON answer, such as ``mfa_token``; ``headers`` are response
+    headers, such as ``DPoP-Nonce``.
     """
 
     def __init__(
-        self, error: str, description: str, status: int = 400, extra: t.Mapping[str, str] | None = None
+        self,
+        error: str,
+        description: str,
+        status: int = 400,
+        extra: t.Mapping[str, str] | None = None,
+        headers: t.Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(f"{error}: {description}")
         self.error = error
         self.description = description
         self.status = status
         self.extra = dict(extra or {})
+        self.headers = dict(headers or {})
 
 
 def mfa_required() -> OAuthError:
@@ -112,13 +137,17 @@ def mfa_required() -> OAuthError:
 
 @dataclass(frozen=True)
 class _Grant:
-    """What a successful token request issues; signing happens after ``state.lock`` is released."""
+    """What a successful token request issues; signing happens after ``state.lock`` is released.
+
+    ``jkt``: the DPoP key the access token is bound to (``cnf.jkt``), ``None`` for a Bearer token.
+    """
 
     sub: str
     audience: str
     scope: tuple[str, ...]
     id_token_claims: dict[str, t.Any] | None
     refresh_token: str | None
+    jkt: str | None = None
 
 
 def pkce_s256(verifier: str) -> str:
@@ -174,10 +203,17 @@ def _page(title: str, message: str, status: int) -> Response:
     return Response(render_template("message.html", title=title, message=message), status=status)
 
 
-def _oauth_error(status: int, error: str, description: str, extra: t.Mapping[str, str] | None = None) -> Response:
+def _oauth_error(
+    status: int,
+    error: str,
+    description: str,
+    extra: t.Mapping[str, str] | None = None,
+    headers: t.Mapping[str, str] | None = None,
+) -> Response:
     response = jsonify(error=error, error_description=description, **(extra or {}))
     response.status_code = status
     response.headers["Cache-Control"] = "no-store"
+    response.headers.update(headers or {})
     return response
 
 
@@ -298,6 +334,10 @@ def _parse_authorize(state: EmulatorState, args: t.Mapping[str, str]) -> Authori
             max_age = -1
         if max_age < 0:
             raise OAuthError("invalid_request", "max_age must be a non-negative integer")
+    # A tenant without DPoP ignores the parameter, as it ignores proofs.
+    dpop_jkt = (args.get("dpop_jkt") or None) if state.settings.dpop_enabled else None
+    if dpop_jkt is not None and not _JWK_THUMBPRINT.fullmatch(dpop_jkt):
+        raise OAuthError("invalid_request", "dpop_jkt must be the base64url SHA-256 thumbprint of a JWK")
     audience = args.get("audience") or None
     if audience == state.userinfo_audience:
         audience = None
@@ -320,6 +360,7 @@ def _parse_authorize(state: EmulatorState, args: t.Mapping[str, str]) -> Authori
         max_age=max_age,
         login_hint=args.get("login_hint"),
         acr_values=tuple(args.get("acr_values", "").split()),
+        dpop_jkt=dpop_jkt,
     )
 
 
@@ -406,7 +447,12 @@ class IdentityProvider:
             request_uri_parameter_supported=False,
             backchannel_logout_supported=True,
             backchannel_logout_session_supported=True,
+            **self._dpop_metadata(),
         )
+
+    def _dpop_metadata(self) -> dict[str, t.Any]:
+        settings = self.state.settings
+        return {"dpop_signing_alg_values_supported": list(settings.dpop_signing_algs)} if settings.dpop_enabled else {}
 
     def jwks(self) -> Response:
         return jsonify(self.state.jwks())
@@ -615,7 +661,36 @@ class IdentityProvider:
             secret.encode(), self.state.client_secret.encode()
         )
 
-    def exchange_code(self, params: dict[str, str], settings: TokenSettings) -> _Grant:
+    def token_proof(self, settings: TokenSettings) -> Proof | None:
+        """The request's DPoP proof, checked for this token endpoint; ``None`` when it carries none.
+
+        Refused proofs raise :class:`OAuthError`: 400 ``invalid_dpop_proof``, or 400 ``use_dpop_nonce`` with
+        the nonce in ``DPoP-Nonce`` (demonstrating-proof-of-possession-dpop.md, "Public clients"). Without a
+        proof, an application that requires sender-constraining is refused with ``invalid_dpop_proof`` too.
+        Checked before the grant, so a nonce challenge spends no authorization code and rotates no token.
+        """
+        values = request.headers.getlist("DPoP")
+        if not settings.dpop_enabled:
+            return None  # a tenant without DPoP ignores the header
+        if not values:
+            if settings.require_proof_of_possession:
+                raise OAuthError(
+                    INVALID_DPOP_PROOF, "This application requires sender-constrained tokens: send a DPoP proof"
+                )
+            return None
+        try:
+            return self.state.dpop_guards["token_endpoint"].check(
+                values,
+                method=request.method,
+                url=self.state.issuer + request.path.lstrip("/"),
+                algorithms=settings.dpop_signing_algs,
+                nonce_required=settings.dpop_nonce,
+            )
+        except ProofError as exc:
+            headers = {"DPoP-Nonce": exc.nonce} if exc.nonce is not None else None
+            raise OAuthError(exc.error, exc.description, headers=headers) from None
+
+    def exchange_code(self, params: dict[str, str], settings: TokenSettings, proof: Proof | None = None) -> _Grant:
         now = self.state.clock.now()
         with self.state.lock:
             # Popped before any check: a code is good for one attempt only.
@@ -627,6 +702,13 @@ class IdentityProvider:
             verifier = params.get("code_verifier", "")
             if not verifier or not hmac.compare_digest(pkce_s256(verifier), code.request.code_challenge):
                 raise OAuthError("invalid_grant", "Failed to verify code verifier")
+            bound = code.request.dpop_jkt
+            if bound is not None and proof is None:
+                raise OAuthError(
+                    INVALID_DPOP_PROOF, "The authorization request named a DPoP key (dpop_jkt): send a proof with it"
+                )
+            if bound is not None and proof is not None and not hmac.compare_digest(proof.jkt, bound):
+                raise OAuthError(INVALID_DPOP_PROOF, "The DPoP proof's key does not match dpop_jkt")
             user = self.state.users.get(code.sub)
             if user is None:
                 raise OAuthError("invalid_grant", "The user no longer exists")
@@ -654,6 +736,7 @@ class IdentityProvider:
                     mfa_at=code.mfa_at,
                     created_at=now,
                     last_used_at=now,
+                    jkt=proof.jkt if proof is not None else None,
                 )
                 self.state.families[family.id] = family
                 refresh_token = self.state.new_refresh_token(family)
@@ -669,7 +752,7 @@ class IdentityProvider:
                     nonce=code.request.nonce,
                     amr=["pwd", "mfa"] if code.mfa_at is not None else ["pwd"],
                 )
-        return _Grant(user.sub, audience, scope, id_claims, refresh_token)
+        return _Grant(user.sub, audience, scope, id_claims, refresh_token, proof.jkt if proof else None)
 
     def refresh_target(
         self, params: dict[str, str], settings: TokenSettings, family: RefreshFamily
@@ -692,7 +775,16 @@ class IdentityProvider:
         requested = params.get("scope", "").split()
         return audience, _ordered(s for s in requested if s in allowed) if requested else allowed
 
-    def exchange_refresh_token(self, params: dict[str, str], settings: TokenSettings) -> _Grant:
+    def exchange_refresh_token(
+        self, params: dict[str, str], settings: TokenSettings, proof: Proof | None = None
+    ) -> _Grant:
+        """A refresh (also an MRRT exchange, with ``audience``).
+
+        A DPoP-bound family needs a proof made with its key (demonstrating-proof-of-possession-dpop.md,
+        Step 6), else 400 ``invalid_dpop_proof``; that is checked before reuse detection, so a request
+        without the key neither rotates the token nor revokes its family. A proof on an unbound family
+        binds the new access token only: a family's binding is fixed when the login's tokens are issued.
+        """
         now = self.state.clock.now()
         token = params.get("refresh_token", "")
         if not token:
@@ -709,6 +801,12 @@ class IdentityProvider:
                 idle is not None and now - family.last_used_at > idle
             ):
                 raise invalid
+            if family.jkt is not None and proof is None:
+                raise OAuthError(
+                    INVALID_DPOP_PROOF, "The refresh token is DPoP-bound: send a proof made with its key"
+                )
+            if family.jkt is not None and proof is not None and not hmac.compare_digest(proof.jkt, family.jkt):
+                raise OAuthError(INVALID_DPOP_PROOF, "The DPoP proof's key is not the refresh token's key")
             if record.rotated_at is not None:
                 # Reuse detection (refresh-token-rotation.md): a token already exchanged revokes the family,
                 # unless it is the one exchanged last and the overlap period has not run out.
@@ -755,7 +853,7 @@ class IdentityProvider:
                     nonce=None,
                     amr=None,
                 )
-        return _Grant(user.sub, audience, scope, id_claims, new_token)
+        return _Grant(user.sub, audience, scope, id_claims, new_token, proof.jkt if proof else None)
 
     def token(self) -> Response:
         """``/oauth/token``: injected holds (latency, a hang), then the grant.
@@ -792,21 +890,30 @@ class IdentityProvider:
             return _oauth_error(401, "invalid_client", "Client authentication failed")
         settings = self.state.settings
         try:
+            proof = self.token_proof(settings)
             if grant_type == "authorization_code":
-                grant = self.exchange_code(params, settings)
+                grant = self.exchange_code(params, settings, proof)
             elif grant_type == "refresh_token":
-                grant = self.exchange_refresh_token(params, settings)
+                grant = self.exchange_refresh_token(params, settings, proof)
             else:
                 raise OAuthError("unsupported_grant_type", f"Unsupported grant type: {grant_type}")
         except OAuthError as exc:
-            return _oauth_error(exc.status, exc.error, exc.description, exc.extra)
+            response = _oauth_error(exc.status, exc.error, exc.description, exc.extra, exc.headers)
+            return self.with_dpop_nonce(response, settings)
 
         scope = " ".join(grant.scope)
+        # A DPoP-bound access token names its key (cnf.jkt) and is of type DPoP (Step 4).
+        token_type = "DPoP" if grant.jkt is not None else "Bearer"
+        access_token = self.state.mint_access_token(
+            sub=grant.sub,
+            audience=grant.audience,
+            scope=scope,
+            lifetime=settings.access_token_lifetime,
+            extra_claims={"cnf": {"jkt": grant.jkt}} if grant.jkt is not None else None,
+        )
         body: dict[str, t.Any] = {
-            "access_token": self.state.mint_access_token(
-                sub=grant.sub, audience=grant.audience, scope=scope, lifetime=settings.access_token_lifetime
-            ),
-            "token_type": "Bearer",
+            "access_token": access_token,
+            "token_type": token_type,
             "expires_in": settings.access_token_lifetime,
             "scope": scope,
         }
@@ -814,9 +921,29 @@ class IdentityProvider:
             body["id_token"] = self.state.sign(grant.id_token_claims)
         if grant.refresh_token is not None:
             body["refresh_token"] = grant.refresh_token
+        self.state.record_issued(
+            IssuedTokens(
+                grant_type=grant_type,
+                sub=grant.sub,
+                audience=grant.audience,
+                scope=scope,
+                token_type=token_type,
+                jkt=grant.jkt,
+                access_token=access_token,
+                refresh_token=grant.refresh_token,
+                issued_at=self.state.clock.now(),
+            )
+        )
         response = jsonify(body)
         response.headers["Cache-Control"] = "no-store"
         response.headers["Pragma"] = "no-cache"
+        return self.with_dpop_nonce(response, settings)
+
+    def with_dpop_nonce(self, response: Response, settings: TokenSettings) -> Response:
+        """While the token endpoint wants nonces, every answer names the current one (RFC 9449 section 8.2),
+        so a client learns it from any answer, not only from a challenge."""
+        if settings.dpop_nonce:
+            response.headers.setdefault("DPoP-Nonce", self.state.dpop_nonce("token_endpoint"))
         return response
 
     def revoke(self) -> Response:
@@ -836,14 +963,17 @@ class IdentityProvider:
     # -- userinfo ----------------------------------------------------------------------------------------
 
     def userinfo(self) -> Response:
+        """``/userinfo`` with a Bearer token, or a DPoP-bound one with the ``DPoP`` scheme and a proof (the
+        example of demonstrating-proof-of-possession-dpop.md, Step 5). It never asks for a DPoP nonce."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        scheme, token = scheme.lower(), token.strip()
         unauthorized = Response(
             "Unauthorized", status=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
         )
-        if scheme.lower() != "bearer" or not token.strip():
+        if scheme not in ("bearer", "dpop") or not token:
             return unauthorized
         try:
-            claims = self.state.verify_access_token(token.strip())
+            claims = self.state.verify_access_token(token)
         except InvalidAccessToken:
             return unauthorized
         aud = claims.get("aud")
@@ -852,6 +982,21 @@ class IdentityProvider:
             user = self.state.users.get(str(claims.get("sub")))
         if self.state.userinfo_audience not in audiences or user is None:
             return unauthorized
+        settings = self.state.settings
+        try:
+            check_resource_request(
+                self.state.userinfo_dpop,
+                scheme=scheme,
+                token=token,
+                claims=claims,
+                proofs=request.headers.getlist("DPoP"),
+                method=request.method,
+                url=self.state.issuer + request.path.lstrip("/"),
+                algorithms=settings.dpop_signing_algs,
+                nonce_required=False,
+            )
+        except ResourceAuthError as exc:
+            return Response("Unauthorized", status=401, headers=exc.headers(settings.dpop_signing_algs))
         return jsonify(sub=user.sub, **_profile_claims(self.state, user, str(claims.get("scope", "")).split()))
 
     # -- logout ------------------------------------------------------------------------------------------

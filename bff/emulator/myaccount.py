@@ -1,9 +1,15 @@
 """The emulator's My Account API under ``/me/v1``, driven by the official OpenAPI document.
 
-Security first: requests are authenticated as Auth0 does it. A Bearer access token is required
-(401 without), its signature, issuer and expiry are checked by the IdP state, its ``aud`` must be
+Security first: requests are authenticated as Auth0 does it. An access token is required (401
+without), its signature, issuer and expiry are checked by the IdP state, its ``aud`` must be
 ``{issuer}me/`` (401 otherwise) and its ``scope`` must hold the scope the spec names for the
-operation (403 ``insufficient_scope`` otherwise). The user is the token's ``sub``.
+operation (403 ``insufficient_scope`` otherwise). The user is the token's ``sub``. The API accepts
+DPoP-bound tokens, as Auth0's does by default (connected-accounts-for-token-vault.md): a bound token
+(``cnf.jkt``) only with ``Authorization: DPoP`` and a proof for this very request made with its key
+(:func:`~bff.emulator.dpop_check.check_resource_request`); every refusal is a 401 ``ErrorResponse`` with a
+``WWW-Authenticate: DPoP error=...`` challenge (RFC 9449 section 7.1). With the ``dpop_api_nonce`` setting
+a proof must also carry the API's nonce: without it, 401 ``use_dpop_nonce`` and a ``DPoP-Nonce`` header,
+which every API answer then carries. Unbound tokens keep working with ``Bearer``.
 
 Every operation of the spec is served; :func:`register` refuses to start if one lacks a handler.
 Request bodies are validated against the spec's schemas, a body of the wrong JSON shape is a 400 and
@@ -26,6 +32,7 @@ from flask import Blueprint, Flask, Response, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from . import connect
+from .dpop_check import ResourceAuthError, check_resource_request
 from .myaccount_spec import (
     INSUFFICIENT_SCOPE_CODE,
     INVALID_TOKEN_CODE,
@@ -157,6 +164,9 @@ class _MyAccountApi:
         if status is not None:
             for name, value in status.headers().items():
                 response.headers.setdefault(name, value)
+            # While the API wants nonces, every answer names the current one (RFC 9449 section 9).
+            if self.idp.settings.dpop_api_nonce:
+                response.headers.setdefault("DPoP-Nonce", self.idp.dpop_nonce("my_account"))
         return response
 
     def guard(self, method: str, path: str, handler: Handler) -> Handler:
@@ -180,15 +190,26 @@ class _MyAccountApi:
         return view
 
     def authenticate(self, scopes: list[str]) -> str:
-        """The ``sub`` of a valid access token for this API holding ``scopes``; raises 401/403."""
+        """The ``sub`` of a valid access token for this API holding ``scopes``; raises 401/403.
+
+        ``Bearer`` or ``DPoP`` (then with a proof, see the module's docstring); challenges name the scheme
+        the request used.
+        """
+        settings = self.idp.settings
+        algorithms = settings.dpop_signing_algs
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        scheme, token = scheme.lower(), token.strip()
+        if scheme not in ("bearer", "dpop") or not token:
             raise ApiError(
-                401, "Missing or invalid Authorization header", headers={"WWW-Authenticate": "Bearer"}
+                401,
+                "Missing or invalid Authorization header",
+                headers={"WWW-Authenticate": f'Bearer, DPoP algs="{" ".join(algorithms)}"'},
             )
-        invalid_token = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        challenge = "DPoP" if scheme == "dpop" else "Bearer"
+        dpop_params = f', algs="{" ".join(algorithms)}"' if scheme == "dpop" else ""
+        invalid_token = {"WWW-Authenticate": f'{challenge} error="invalid_token"{dpop_params}'}
         try:
-            claims = self.idp.verify_access_token(token.strip())
+            claims = self.idp.verify_access_token(token)
         except InvalidAccessToken as exc:
             raise ApiError(
                 401, f"Invalid Token: {exc}", code=INVALID_TOKEN_CODE, headers=invalid_token
@@ -206,6 +227,22 @@ class _MyAccountApi:
         if not known:
             detail = "Invalid Token: the subject is not a user of this tenant"
             raise ApiError(401, detail, code=INVALID_TOKEN_CODE, headers=invalid_token)
+        try:
+            check_resource_request(
+                self.idp.dpop_guards["my_account"],
+                scheme=scheme,
+                token=token,
+                claims=claims,
+                proofs=request.headers.getlist("DPoP"),
+                method=request.method,
+                url=self.idp.issuer + request.path.lstrip("/"),
+                algorithms=algorithms,
+                nonce_required=settings.dpop_api_nonce,
+            )
+        except ResourceAuthError as exc:
+            raise ApiError(
+                401, f"Invalid Token: {exc.description}", code=INVALID_TOKEN_CODE, headers=exc.headers(algorithms)
+            ) from None
         granted = str(claims.get("scope", "")).split()
         missing = [scope for scope in scopes if scope not in granted]
         if missing:
@@ -214,7 +251,8 @@ class _MyAccountApi:
                 f"insufficient_scope: the access token lacks the scope {' '.join(missing)}",
                 code=INSUFFICIENT_SCOPE_CODE,
                 headers={
-                    "WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{" ".join(scopes)}"'
+                    "WWW-Authenticate": f'{challenge} error="insufficient_scope", scope="{" ".join(scopes)}"'
+                    + dpop_params
                 },
             )
         return t.cast(str, sub)

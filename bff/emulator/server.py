@@ -13,6 +13,7 @@ import socket
 import ssl
 import threading
 import types
+import typing as t
 
 from werkzeug.serving import make_server
 
@@ -131,13 +132,17 @@ def run(
     *,
     certfile: str | os.PathLike[str] | None = None,
     keyfile: str | os.PathLike[str] | None = None,
+    settings: t.Mapping[str, t.Any] | None = None,
 ) -> None:
     """Serve the emulator in the foreground, configured from ``BFF_*`` variables (``bff emulator``).
 
-    With ``certfile`` (and ``keyfile`` unless the key is in it) over HTTPS. Bad configuration or unreadable
+    With ``certfile`` (and ``keyfile`` unless the key is in it) over HTTPS; ``settings`` are token settings
+    to start with (``require_proof_of_possession``, ``dpop_nonce``, ...). Bad configuration or unreadable
     certificate files raise ``ValueError`` before anything is served.
     """
     server = EmulatorServer(EmulatorConfig.from_env(), host=host, port=port, certfile=certfile, keyfile=keyfile)
+    if settings:
+        server.state.configure(**settings)
     print(f"Auth0 emulator at {server.url}/ (log in as alice@example.com / alice)", flush=True)
     print(f"  codes sent by email or text message: {server.url}/inbox", flush=True)
     server.serve_forever()

@@ -6,8 +6,10 @@ anyone who can reach it, which is why :class:`~bff.emulator.server.EmulatorServe
 
 One :class:`EmulatorState` holds one tenant with one application (the BFF): users, the RS256 signing key,
 SSO sessions, authorization codes, refresh-token families, run-time token settings, injected faults,
-counters, the record of back-channel logout deliveries and the outbox of one-time codes "sent" by email or
-text message (shown on the emulator's ``/inbox`` page). Every mutation happens under ``state.lock``;
+counters, the record of back-channel logout deliveries, the outbox of one-time codes "sent" by email or
+text message (shown on the emulator's ``/inbox`` page), the record of token responses given
+(:meth:`EmulatorState.issued_tokens`) and each DPoP-receiving server's nonce and memory of proofs
+(:class:`~bff.emulator.dpop_check.ProofGuard`). Every mutation happens under ``state.lock``;
 protocol time is read only through :class:`Clock`, so tests move it instead of sleeping. Injected holds
 (latency, a hang) and time-window faults run on real monotonic time: they model an IdP that is slow or
 down *now*, for the clients waiting on it.
@@ -35,12 +37,16 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
+from bff.emulator.dpop_check import DEFAULT_ALGORITHMS, SUPPORTED_ALGORITHMS, ProofGuard
+
 __all__ = [
     "AUTHORIZATION_CODE_LIFETIME",
     "BACKCHANNEL_LOGOUT_EVENT",
     "BACKCHANNEL_TIMEOUT",
     "CODE_CHANNELS",
     "DEFAULT_POLICY_WINDOW",
+    "DPOP_SERVERS",
+    "ISSUED_TOKENS_SIZE",
     "LOGIN_TRANSACTION_LIFETIME",
     "LOGOUT_TOKEN_LIFETIME",
     "MFA_ACR",
@@ -52,9 +58,11 @@ __all__ = [
     "BackchannelDelivery",
     "Clock",
     "CodeDelivery",
+    "DpopServer",
     "EmulatorConfig",
     "EmulatorState",
     "InvalidAccessToken",
+    "IssuedTokens",
     "LoginTransaction",
     "RefreshFamily",
     "RefreshTokenPolicy",
@@ -101,6 +109,12 @@ CODE_CHANNELS = frozenset({"email", "sms", "voice"})
 """How a one-time code reaches its user: by email, or to a phone by text message or voice call."""
 OUTBOX_SIZE = 50
 """The outbox keeps this many most recent code deliveries; older ones are forgotten."""
+ISSUED_TOKENS_SIZE = 200
+"""The record of token responses keeps this many most recent ones (:meth:`EmulatorState.issued_tokens`)."""
+
+DpopServer = t.Literal["token_endpoint", "my_account"]
+DPOP_SERVERS: tuple[DpopServer, ...] = ("token_endpoint", "my_account")
+"""The servers that can ask for DPoP nonces, each with its own nonce and count of challenges."""
 
 
 class Clock:
@@ -255,6 +269,14 @@ class TokenSettings:
     Defaults are Auth0's: access tokens 24 h, ID tokens 10 h, rotating refresh tokens with a 30-day absolute
     and 15-day inactivity lifetime (``None`` means infinite) and no overlap period
     (configure-refresh-token-rotation.md, configure-and-implement-multi-resource-refresh-token.md).
+
+    DPoP (demonstrating-proof-of-possession-dpop.md): ``dpop_signing_algs`` is what discovery advertises as
+    ``dpop_signing_alg_values_supported`` and what proofs may be signed with (Auth0's ``["ES256"]``; only
+    asymmetric algorithms are accepted). ``dpop_nonce`` makes the token endpoint require its nonce in
+    proofs, as Auth0 does for public clients; ``dpop_api_nonce`` does the same for the My Account API.
+    ``require_proof_of_possession`` is the application's "Require Token Sender-Constraining" (the Management
+    API's client field of that name): token requests without a DPoP proof are refused. ``dpop_enabled``
+    false is a tenant without DPoP: discovery advertises no algorithms and proofs are ignored (Bearer tokens).
     """
 
     access_token_lifetime: int = 86400
@@ -265,6 +287,11 @@ class TokenSettings:
     leeway: int = 0
     refresh_token_policies: tuple[RefreshTokenPolicy, ...] = ()
     default_policy_mfa: bool = False
+    dpop_signing_algs: tuple[str, ...] = DEFAULT_ALGORITHMS
+    dpop_nonce: bool = False
+    dpop_api_nonce: bool = False
+    require_proof_of_possession: bool = False
+    dpop_enabled: bool = True
 
     def __post_init__(self) -> None:
         for name in ("access_token_lifetime", "id_token_lifetime"):
@@ -277,10 +304,23 @@ class TokenSettings:
                 raise ValueError(f"{name} must be a positive integer or null")
         if isinstance(self.leeway, bool) or not isinstance(self.leeway, int) or self.leeway < 0:
             raise ValueError("leeway must be a non-negative integer")
-        if not isinstance(self.rotation, bool) or not isinstance(self.default_policy_mfa, bool):
-            raise ValueError("rotation and default_policy_mfa must be booleans")
+        flags = ("rotation", "default_policy_mfa", "dpop_nonce", "dpop_api_nonce", "require_proof_of_possession",
+                 "dpop_enabled")
+        for name in flags:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a boolean")
         policies = tuple(RefreshTokenPolicy.from_json(p) for p in self.refresh_token_policies)
         object.__setattr__(self, "refresh_token_policies", policies)
+        algs = self.dpop_signing_algs
+        if isinstance(algs, str) or not isinstance(algs, list | tuple) or not algs:
+            raise ValueError("dpop_signing_algs is a non-empty list of algorithm names")
+        unsupported = [a for a in algs if a not in SUPPORTED_ALGORITHMS]
+        if unsupported:
+            raise ValueError(
+                f"dpop_signing_algs: {unsupported} not supported; asymmetric algorithms only: "
+                f"{', '.join(SUPPORTED_ALGORITHMS)}"
+            )
+        object.__setattr__(self, "dpop_signing_algs", tuple(dict.fromkeys(algs)))
 
     def policy_for(self, audience: str) -> RefreshTokenPolicy | None:
         return next((p for p in self.refresh_token_policies if p.audience == audience), None)
@@ -295,6 +335,11 @@ class TokenSettings:
             "leeway": self.leeway,
             "refresh_token_policies": [p.to_json() for p in self.refresh_token_policies],
             "default_policy_mfa": self.default_policy_mfa,
+            "dpop_signing_algs": list(self.dpop_signing_algs),
+            "dpop_nonce": self.dpop_nonce,
+            "dpop_api_nonce": self.dpop_api_nonce,
+            "require_proof_of_possession": self.require_proof_of_possession,
+            "dpop_enabled": self.dpop_enabled,
         }
 
 
@@ -311,7 +356,7 @@ class SsoSession:
 
 @dataclass(frozen=True)
 class AuthorizeRequest:
-    """A validated ``/authorize`` request."""
+    """A validated ``/authorize`` request; ``dpop_jkt`` binds its code to a DPoP key (RFC 9449 section 10)."""
 
     redirect_uri: str
     state: str | None
@@ -323,6 +368,7 @@ class AuthorizeRequest:
     max_age: int | None
     login_hint: str | None
     acr_values: tuple[str, ...]
+    dpop_jkt: str | None = None
 
     @property
     def wants_mfa(self) -> bool:
@@ -354,7 +400,8 @@ class RefreshFamily:
     """All refresh tokens descending from one login (refresh-token-rotation.md, "token family").
 
     ``audience`` and ``scope`` are what the login granted; ``previous`` is the token rotated most recently,
-    the only one the overlap period lets through again.
+    the only one the overlap period lets through again. ``jkt`` is the thumbprint of the DPoP key the family
+    is bound to (every token of it, for its whole life), ``None`` for an unbound family.
     """
 
     id: str
@@ -370,6 +417,7 @@ class RefreshFamily:
     revoked: bool = False
     reuse_detected: bool = False
     token_calls: int = 0
+    jkt: str | None = None
 
 
 @dataclass
@@ -441,6 +489,26 @@ class CodeDelivery:
     sent_at: float
 
 
+@dataclass(frozen=True)
+class IssuedTokens:
+    """One successful token response, as the client received it.
+
+    Kept so tests can act as someone who stole tokens (from a store dump, a log): ``access_token`` and
+    ``refresh_token`` are the real tokens; ``jkt`` is the DPoP key they are bound to (``None``: Bearer).
+    ``issued_at`` is by the emulator's clock.
+    """
+
+    grant_type: str
+    sub: str
+    audience: str
+    scope: str
+    token_type: str
+    jkt: str | None
+    access_token: str
+    refresh_token: str | None
+    issued_at: float
+
+
 def _random_id(nbytes: int = 24) -> str:
     return secrets.token_urlsafe(nbytes)
 
@@ -479,6 +547,13 @@ class EmulatorState:
         self.backchannel_deliveries: list[BackchannelDelivery] = []
         self._backchannel_done = threading.Condition(self.lock)
         self._outbox: deque[CodeDelivery] = deque(maxlen=OUTBOX_SIZE)
+        self._issued: deque[IssuedTokens] = deque(maxlen=ISSUED_TOKENS_SIZE)
+        # One DPoP memory per receiving server: nonce, challenges, jtis seen. /userinfo never asks for a nonce.
+        self.dpop_guards: dict[DpopServer, ProofGuard] = {
+            "token_endpoint": ProofGuard(self.clock, "Authorization server requires nonce in DPoP proof"),
+            "my_account": ProofGuard(self.clock, "Resource server requires nonce in DPoP proof"),
+        }
+        self.userinfo_dpop = ProofGuard(self.clock, "Resource server requires nonce in DPoP proof")
 
         self._faults: deque[TokenFault] = deque()
         self._latency = 0.0
@@ -830,13 +905,15 @@ class EmulatorState:
 
     def counters(self) -> dict[str, t.Any]:
         """Token-endpoint calls: total, by grant type, dropped, answered with an injected fault
-        (``faulted_token_calls``), and per refresh-token family."""
+        (``faulted_token_calls``), and per refresh-token family; ``use_dpop_nonce`` challenges by server
+        (``dpop_nonce_challenges``: ``token_endpoint``, ``my_account``)."""
         with self.lock:
             return {
                 "token_calls": self._token_calls,
                 "token_calls_by_grant_type": dict(self._token_calls_by_grant),
                 "dropped_token_calls": self._dropped_token_calls,
                 "faulted_token_calls": self._faulted_token_calls,
+                "dpop_nonce_challenges": {name: guard.challenges for name, guard in self.dpop_guards.items()},
                 "families": {
                     f.id: {
                         "token_calls": f.token_calls,
@@ -859,6 +936,8 @@ class EmulatorState:
             self._abandoned_token_requests = 0
             for family in self.families.values():
                 family.token_calls = 0
+            for guard in self.dpop_guards.values():
+                guard.reset_challenges()
 
     def family_of(self, refresh_token: str) -> str:
         """The family id of a refresh token this emulator issued; ``KeyError`` for an unknown token."""
@@ -876,6 +955,37 @@ class EmulatorState:
     def reuse_detected(self, family: str) -> bool:
         with self.lock:
             return self.families[family].reuse_detected
+
+    # -- test controls: DPoP ----------------------------------------------------------------------------
+
+    def dpop_nonce(self, server: DpopServer = "token_endpoint") -> str:
+        """The nonce ``server`` currently wants in proofs (when its nonce setting is on)."""
+        return self.dpop_guards[server].nonce
+
+    def rotate_dpop_nonce(self, server: DpopServer | None = None) -> dict[str, str]:
+        """Give ``server`` (both when ``None``) a new nonce; proofs with the old one are challenged from now
+        on. Returns the current nonce of each server."""
+        for name in (server,) if server is not None else DPOP_SERVERS:
+            self.dpop_guards[name].rotate_nonce()
+        return {name: guard.nonce for name, guard in self.dpop_guards.items()}
+
+    def dpop_nonce_challenges(self, server: DpopServer = "token_endpoint") -> int:
+        """``use_dpop_nonce`` answers ``server`` gave since the last :meth:`reset_counters`."""
+        return self.dpop_guards[server].challenges
+
+    def record_issued(self, issued: IssuedTokens) -> None:
+        """Keep one token response (the :data:`ISSUED_TOKENS_SIZE` most recent are kept)."""
+        with self.lock:
+            self._issued.append(issued)
+
+    def issued_tokens(self, sub: str | None = None) -> list[IssuedTokens]:
+        """The token responses the emulator gave, newest first; only ``sub``'s when given.
+
+        For tests that use a token the way a thief would: ``issued_tokens()[0].access_token`` is the
+        latest access token, bound to ``.jkt`` when ``.token_type`` is ``DPoP``.
+        """
+        with self.lock:
+            return [i for i in reversed(self._issued) if sub is None or i.sub == sub]
 
     # -- refresh tokens ----------------------------------------------------------------------------------
 

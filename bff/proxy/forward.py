@@ -2,9 +2,9 @@
 
 Header policy (security): only an allowlist of request headers is forwarded (content
 negotiation, conditional requests, a request id); ``Cookie``, ``Authorization``, the CSRF header
-and hop-by-hop headers never leave the BFF because they are not on the list. The bearer token
-is added here and nowhere else. On the way back only an allowlist of response headers is
-passed: upstream ``Set-Cookie`` and hop-by-hop headers are dropped, ``Location`` pointing into
+and hop-by-hop headers never leave the BFF because they are not on the list. The token (Bearer,
+or DPoP with its proof) is added here and nowhere else. On the way back only an allowlist of
+response headers is passed: upstream ``Set-Cookie`` and hop-by-hop headers are dropped, ``Location`` pointing into
 the My Account API is rewritten to the same resource on the BFF, an absolute URL as the spec declares
 ``Location`` a URI (``BFF_BASE_URL`` + ``/me/v1/...``), one pointing elsewhere is dropped, and
 ``Cache-Control`` is always ``no-store`` whatever the upstream says: a response made with a user's
@@ -72,6 +72,10 @@ class UpstreamResponse:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    #: The API's ``DPoP-Nonce`` header, kept for the next proof (never passed to the browser).
+    dpop_nonce: str | None = None
+    #: The API asked for a proof with its nonce (401, ``WWW-Authenticate: DPoP error="use_dpop_nonce"``).
+    nonce_challenge: bool = False
 
     def error(self) -> tuple[str, str]:
         """The API error's ``type`` and ``detail`` (Auth0's ErrorResponse), empty when absent."""
@@ -142,9 +146,10 @@ class Forwarder:
         query: str,
         headers: t.Mapping[str, str],
         body: bytes | None,
-        token: str,
+        credentials: t.Mapping[str, str],
     ) -> UpstreamResponse | UpstreamFailure:
-        """Forward; ``path`` is the validated raw path under the API base, sent as is."""
+        """Forward; ``path`` is the validated raw path under the API base, sent as is; ``credentials``
+        are the headers that authorize the call (``authorization``, and ``dpop`` with DPoP)."""
         outgoing = {name: headers[name] for name in REQUEST_HEADERS if name in headers}
         # The id this request is logged under (the client's only when it was a safe token), so the two
         # sides' logs meet; none outside a request.
@@ -152,7 +157,7 @@ class Forwarder:
         outgoing.pop("x-request-id", None)
         if scope is not None:
             outgoing["x-request-id"] = scope.request_id
-        outgoing["authorization"] = "Bearer " + token
+        outgoing.update(credentials)
         target = self._base_path + path + ("?" + query if query else "")
         route = (scope.route if scope is not None else None) or access.UNMATCHED
         with tracing.span(f"My Account API {method}", client=True, **{"http.request.method": method,
@@ -191,7 +196,13 @@ class Forwarder:
             elif lower in RESPONSE_HEADERS:
                 passed.append((name, value))
         passed.append(("Cache-Control", "no-store"))
-        return UpstreamResponse(response.status, passed, response.data)
+        nonce = response.headers.get("DPoP-Nonce")
+        challenge = response.status == 401 and "use_dpop_nonce" in response.headers.get("WWW-Authenticate", "")
+        return UpstreamResponse(response.status, passed, response.data, nonce, challenge)
+
+    def url(self, path: str) -> str:
+        """The absolute URL of ``path`` under the API base (a DPoP proof's ``htu``)."""
+        return self._absolute_base + path
 
     def _rewrite_location(self, value: str) -> str | None:
         """Map a Location inside the API to the same resource's absolute URL on the BFF; drop one that

@@ -9,10 +9,12 @@ which knows the record format, the key names and the indexes, and nothing of HTT
   previous session, so an id is never reused or fixed by an attacker.
 * :meth:`SessionCore.load_live` reads a session in one round trip and refuses one that is past its
   absolute lifetime or its idle timeout by the injected clock, ending it on the spot (with
-  revocation), so expiry does not depend on the store's TTL alone.
+  revocation), so expiry does not depend on the store's TTL alone. A proxied read may be served from
+  the process-local :class:`~bff.session.cache.SessionCache` instead, with no round trip at all.
 * :meth:`SessionCore.end` is the only way a session ends, whatever the reason (:class:`EndReason`):
   it revokes the refresh token where that is right, removes the index entries and deletes the
   record. A dead refresh token (``invalid_grant``) is not revoked: the IdP already refused it.
+  Ending a session, like saving a refresh result, is announced to every process's session cache.
 * Token custody for the token manager: the per-session refresh lock, the durable mark of an attempt
   in flight, and compare-and-set writes of tokens, so a rotated refresh token is never overwritten
   by a stale copy nor lost to a failover.
@@ -39,10 +41,12 @@ from ..clock import Clock
 from ..logs import session_tag
 from ..security import SecretBox
 from ..store import SessionStore
+from .cache import SessionCache
 from .heartbeat import Heartbeat
 from .record import (
     ACCESS_PREFIX,
     DOC,
+    DPOP_KEY,
     INTENT,
     REFRESH,
     SEEN,
@@ -149,8 +153,10 @@ class SessionCore:
         clock: Clock,
         policy: SessionPolicy,
         revoke: t.Callable[[str], bool],
+        cache: SessionCache | None = None,
     ) -> None:
         self._store = store
+        self._cache = cache
         self._box = box
         self._clock = clock
         self._policy = policy
@@ -176,8 +182,11 @@ class SessionCore:
         *,
         access: t.Mapping[str, bytes] | None = None,
         previous_sid: str | None = None,
+        dpop_key: bytes | None = None,
     ) -> LiveSession:
-        """A new session for validated ID-token ``claims``; ends ``previous_sid`` (revoked) if live."""
+        """A new session for validated ID-token ``claims``; ends ``previous_sid`` (revoked) if live.
+
+        ``dpop_key``: the sealed DPoP key the tokens are bound to, when they are."""
         now = self._clock.now()
         sid = self.new_sid()
         document = {
@@ -197,6 +206,8 @@ class SessionCore:
             REFRESH: self._box.seal(refresh_token.encode()),
             SEEN: f"{now:.3f}".encode(),
         }
+        if dpop_key is not None:
+            fields[DPOP_KEY] = dpop_key
         for set_key, value in (access or {}).items():
             fields[ACCESS_PREFIX + set_key] = value
         session = LiveSession(sid, document, fields)
@@ -212,8 +223,23 @@ class SessionCore:
 
     # Reading ----------------------------------------------------------------------------------
 
-    def load_live(self, sid: str) -> LiveSession | None:
-        """The session if it exists and is live now; an expired one is ended here and ``None`` returned."""
+    @property
+    def cache(self) -> SessionCache | None:
+        """The process-local session cache (``None`` when the store cannot carry its announcements)."""
+        return self._cache
+
+    def load_live(self, sid: str, *, cached: bool = False) -> LiveSession | None:
+        """The session if it exists and is live now; an expired one is ended here and ``None`` returned.
+
+        ``cached``: the session cache may answer instead of the store (only for reads: a cached copy
+        may lag a change made elsewhere by the time its announcement takes to arrive).
+        """
+        cache = self._cache
+        ticket = None
+        if cached and cache is not None and cache.enabled:
+            hit, ticket = cache.lookup(sid)
+            if hit is not None:
+                return hit
         fields = self._store.load(sid)
         if fields is None:
             return None
@@ -224,6 +250,8 @@ class SessionCore:
         if expired is not None:
             self.end(session, expired)
             return None
+        if ticket is not None and cache is not None:
+            cache.put(session, ticket, self._live_until(session))
         return session
 
     def reload(self, sid: str) -> LiveSession | None:
@@ -257,14 +285,25 @@ class SessionCore:
 
     def idle_left(self, session: LiveSession) -> float:
         """Seconds until the session ends for inactivity (or its absolute lifetime, if sooner)."""
-        ends = min(session.seen + self._policy.idle_timeout, session.expires_at)
-        return max(0.0, ends - self._clock.now())
+        return max(0.0, self._live_until(session) - self._clock.now())
 
-    def touch(self, session: LiveSession) -> None:
-        """Slide the idle deadline, at most once per :attr:`touch_interval`."""
+    def touch(self, session: LiveSession) -> bool:
+        """Slide the idle deadline, at most once per :attr:`touch_interval`; ``False`` when the write
+        found the record gone (the session ended meanwhile, perhaps elsewhere).
+
+        Not announced: a copy with an older ``seen`` only ends earlier (and then asks the store).
+        """
         now = self._clock.now()
-        if now - session.seen >= self.touch_interval:
-            self._store.update(session.sid, {SEEN: f"{now:.3f}".encode()}, ttl=self._ttl(session, now))
+        if now - session.seen < self.touch_interval:
+            return True
+        seen = f"{now:.3f}".encode()
+        updated = self._store.update(session.sid, {SEEN: seen}, ttl=self._ttl(session, now))
+        if self._cache is not None:
+            if updated:
+                self._cache.touched(session.sid, seen, min(now + self._policy.idle_timeout, session.expires_at))
+            else:
+                self._cache.invalidate(session.sid)
+        return updated
 
     # Ending -----------------------------------------------------------------------------------
 
@@ -279,7 +318,11 @@ class SessionCore:
             if opened is not None and not self._revoke(opened.decode()):
                 log.warning("refresh token could not be revoked",
                             extra={"event": "session.revoke_failed", "session": self._tag(session.sid)})
-        self._store.delete(session.sid)
+        try:
+            self._store.delete(session.sid)
+        finally:
+            self._forget(session.sid)
+        self._announce(session.sid)
         self._store.index_remove(sub_index(session.sub), session.sid)
         if session.idp_sid:
             self._store.index_remove(idp_sid_index(session.idp_sid), session.sid)
@@ -360,7 +403,13 @@ class SessionCore:
         fields = {ACCESS_PREFIX + set_key: value for set_key, value in access.items()}
         if refresh_token is not None:
             fields[REFRESH] = self._sealed_for(session.sid, refresh_token)
-        return self._store.update_cas(session.sid, fields, guard=REFRESH, expected=sealed, remove=(INTENT,))
+        try:
+            saved = self._store.update_cas(session.sid, fields, guard=REFRESH, expected=sealed, remove=(INTENT,))
+        finally:
+            self._forget(session.sid)
+        if saved:
+            self._announce(session.sid)
+        return saved
 
     def abandon_refresh(self, session: LiveSession) -> bool:
         """The IdP answered without rotating (or the request never left): clear the attempt's mark."""
@@ -478,6 +527,18 @@ class SessionCore:
 
     def _tag(self, sid: str) -> str:
         return session_tag(self._box.mac, sid)
+
+    def _forget(self, sid: str) -> None:
+        if self._cache is not None:
+            self._cache.invalidate(sid)
+
+    def _announce(self, sid: str) -> None:
+        if self._cache is not None:
+            self._cache.announce(sid)
+
+    def _live_until(self, session: LiveSession) -> float:
+        """When the session ends if nothing happens: its idle deadline, capped by its lifetime."""
+        return min(session.seen + self._policy.idle_timeout, session.expires_at)
 
     def _expiry(self, session: LiveSession, now: float) -> EndReason | None:
         if session.expires_at <= now:

@@ -8,7 +8,8 @@ field per concern, each written on its own so that concurrent requests never ove
 * ``at:*`` — access tokens per scope set (format owned by the token manager), in the same write;
 * ``ri``   — set while the refresh token is being presented to the IdP (when, as a timestamp), so an
   attempt whose outcome stayed unknown is recognised by whoever refreshes next;
-* ``seen`` — last activity, written at most once per touch interval.
+* ``seen`` — last activity, written at most once per touch interval;
+* ``dk``   — with DPoP, the session's private key, sealed (:mod:`bff.dpop`), written once at start.
 
 Only this package spells these names; other modules go through :class:`LiveSession` and
 :class:`~bff.session.core.SessionCore`.
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 __all__ = [
     "ACCESS_PREFIX",
     "DOC",
+    "DPOP_KEY",
     "INTENT",
     "REFRESH",
     "SEEN",
@@ -42,6 +44,7 @@ REFRESH = "rt"
 ACCESS_PREFIX = "at:"
 SEEN = "seen"
 INTENT = "ri"
+DPOP_KEY = "dk"
 
 
 def sub_index(sub: str) -> str:
@@ -125,6 +128,11 @@ class LiveSession:
     @property
     def sealed_refresh_token(self) -> bytes | None:
         return self.fields.get(REFRESH)
+
+    @property
+    def sealed_dpop_key(self) -> bytes | None:
+        """The session's sealed DPoP key; ``None`` for a session whose tokens are Bearer tokens."""
+        return self.fields.get(DPOP_KEY)
 
     @property
     def refresh_started_at(self) -> float | None:

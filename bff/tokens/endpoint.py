@@ -11,6 +11,10 @@ Failures are classified by their OAuth error code, never by message text:
   ``ambiguous``: the IdP may have processed the request (and rotated the refresh token) or not.
   The caller must not simply retry with the same refresh token (see the token manager).
 * anything else (``invalid_client``, ``invalid_scope``, ...) — misconfiguration: 502.
+
+With DPoP (a session's key passed as ``dpop``) every grant carries a fresh proof; a ``use_dpop_nonce``
+answer (400, nothing processed) is retried once with the nonce it carries, and the latest nonce is
+remembered for the next call, so a steady state needs no retry.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from authlib.integrations.requests_client import OAuth2Session
 from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
 
 from ..clock import Clock
+from ..dpop import DpopKey, NonceMemory
 from ..settings import Settings
 
 __all__ = ["TokenClient", "TokenFailure", "TokenSet"]
@@ -42,6 +47,7 @@ _STEP_UP_ERRORS = {
     "consent_required",
 }
 _TRANSIENT_ERRORS = {"temporarily_unavailable", "too_many_requests"}
+_FORM_HEADERS = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded;charset=UTF-8"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,12 @@ class TokenSet:
     scope: str
     refresh_token: str | None
     id_token: str | None
+    token_type: str = "Bearer"  # noqa: S105 - a scheme name
+
+    @property
+    def dpop_bound(self) -> bool:
+        """Whether the IdP bound the tokens to the proof's key (``token_type`` ``DPoP``)."""
+        return self.token_type.lower() == "dpop"
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,7 @@ class TokenClient:
     def __init__(self, settings: Settings, clock: Clock) -> None:
         self._settings = settings
         self._clock = clock
+        self.nonces = NonceMemory()
 
     def _session(self) -> OAuth2Session:
         # One authlib session per call: its token state is per-session and must not be shared
@@ -117,26 +130,36 @@ class TokenClient:
         )
 
     def exchange_code(
-        self, endpoint: str, *, code: str, code_verifier: str, redirect_uri: str
+        self, endpoint: str, *, code: str, code_verifier: str, redirect_uri: str, dpop: DpopKey | None = None
     ) -> TokenSet | TokenFailure:
-        """Authorization code + PKCE exchange."""
+        """Authorization code + PKCE exchange; with ``dpop``, proved with (and bound to) that key."""
         with self._session() as session:
-            return self._call(
-                lambda: session.fetch_token(
+            return self._proved(
+                endpoint,
+                dpop,
+                lambda headers: session.fetch_token(
                     endpoint,
                     grant_type="authorization_code",
                     code=code,
                     code_verifier=code_verifier,
                     redirect_uri=redirect_uri,
                     timeout=self._settings.token_timeout,
+                    headers=headers,
                 ),
                 session,
             )
 
     def refresh(
-        self, endpoint: str, refresh_token: str, *, audience: str | None, scope: str | None
+        self,
+        endpoint: str,
+        refresh_token: str,
+        *,
+        audience: str | None,
+        scope: str | None,
+        dpop: DpopKey | None = None,
     ) -> TokenSet | TokenFailure:
-        """A refresh-token grant; with ``audience`` and ``scope`` it is an MRRT exchange."""
+        """A refresh-token grant; with ``audience`` and ``scope`` it is an MRRT exchange; with ``dpop``,
+        proved with the key the refresh token is bound to."""
         params: dict[str, str] = {}
         if audience:
             # Auth0 names the API ``audience``; standard providers take RFC 8707's ``resource``.
@@ -144,12 +167,47 @@ class TokenClient:
         if scope:
             params["scope"] = scope
         with self._session() as session:
-            return self._call(
-                lambda: session.refresh_token(
-                    endpoint, refresh_token=refresh_token, timeout=self._settings.token_timeout, **params
+            return self._proved(
+                endpoint,
+                dpop,
+                lambda headers: session.refresh_token(
+                    endpoint,
+                    refresh_token=refresh_token,
+                    timeout=self._settings.token_timeout,
+                    headers=headers,
+                    **params,
                 ),
                 session,
             )
+
+    def _proved(
+        self,
+        endpoint: str,
+        dpop: DpopKey | None,
+        call: t.Callable[[dict[str, str] | None], t.Any],
+        session: OAuth2Session,
+    ) -> TokenSet | TokenFailure:
+        """One grant; with a key, a fresh proof each attempt and one retry for a nonce challenge.
+
+        A ``use_dpop_nonce`` answer means the grant was not processed (the refresh token was not
+        redeemed), so the retry is safe; a second challenge in a row is not retried again.
+        """
+        if dpop is None:
+            return self._call(lambda: call(None), session, endpoint)
+        result: TokenSet | TokenFailure | None = None
+        for _attempt in range(2):
+            nonce = self.nonces.get(endpoint)
+            proof = dpop.proof("POST", endpoint, now=self._clock.now(), nonce=nonce)
+            headers = {**_FORM_HEADERS, "DPoP": proof}
+            result = self._call(lambda headers=headers: call(headers), session, endpoint)  # type: ignore[misc]
+            if not (
+                isinstance(result, TokenFailure)
+                and result.error == "use_dpop_nonce"
+                and self.nonces.get(endpoint) not in (None, nonce)
+            ):
+                break
+        assert result is not None
+        return result
 
     def revoke(self, endpoint: str, refresh_token: str) -> bool:
         """Revoke a refresh token (and, at Auth0, its family). Best effort; returns success."""
@@ -166,7 +224,7 @@ class TokenClient:
                 return False
             return bool(response.status_code == 200)
 
-    def _call(self, call: t.Callable[[], t.Any], session: OAuth2Session) -> TokenSet | TokenFailure:
+    def _call(self, call: t.Callable[[], t.Any], session: OAuth2Session, endpoint: str) -> TokenSet | TokenFailure:
         # authlib parses the response before returning; the hooks keep what classification needs.
         seen: list[requests.Response] = []
 
@@ -182,6 +240,8 @@ class TokenClient:
         try:
             token = call()
         except OAuthError as error:
+            if seen:
+                self.nonces.remember(endpoint, seen[-1].headers.get("DPoP-Nonce"))
             retry_after = seen[-1].headers.get("Retry-After") if seen else None
             return _classify(status(), str(error.error), str(error.description or ""), retry_after)
         except requests.ConnectTimeout:
@@ -198,6 +258,8 @@ class TokenClient:
                 return TokenFailure("unavailable", "unreachable", "The token endpoint could not be reached.")
             return _classify(code, "server_error", f"The token endpoint answered HTTP {code}.", None)
         code = status()
+        if seen:
+            self.nonces.remember(endpoint, seen[-1].headers.get("DPoP-Nonce"))
         if code >= 400:
             return _classify(code, "server_error", f"The token endpoint answered HTTP {code}.", None)
         access_token = token.get("access_token")
@@ -213,4 +275,5 @@ class TokenClient:
             scope=str(token.get("scope") or ""),
             refresh_token=token.get("refresh_token") or None,
             id_token=token.get("id_token") or None,
+            token_type=str(token.get("token_type") or "Bearer"),
         )

@@ -31,6 +31,10 @@ Custody of the refresh token (a rotated token, once received, is never lost):
   fast 503s with ``Retry-After`` after a few failures and probes it until it recovers; meanwhile a
   session whose access token has not yet expired keeps using it.
 
+With DPoP, a session with a key presents a proof made with it on every refresh (the refresh token
+is bound to it), and a token answer that is not DPoP-bound is refused as a misconfiguration (the
+rotated refresh token is still saved).
+
 Scope sets: all ``read:me:*`` scopes share one token; every other (sensitive) scope gets a set
 of its own, so a scope that needs recent MFA cannot make the reads fail with it.
 
@@ -54,6 +58,7 @@ from dataclasses import dataclass
 
 from .. import metrics, tracing
 from ..clock import Clock
+from ..dpop import SessionKeys
 from ..security import SecretBox
 from ..session import EndReason, LiveSession, SessionCore
 from ..settings import Settings
@@ -211,6 +216,7 @@ class TokenManager:
         clock: Clock,
         plan: ScopePlan,
         token_endpoint: t.Callable[[], str],
+        dpop_keys: SessionKeys,
         breaker: CircuitBreaker | None = None,
     ) -> None:
         self._settings = settings
@@ -220,6 +226,7 @@ class TokenManager:
         self._clock = clock
         self._plan = plan
         self._token_endpoint = token_endpoint
+        self._dpop_keys = dpop_keys
         self.breaker = breaker or CircuitBreaker(clock)
         # Opened tokens by their sealed form: decrypting on every proxied call is a measurable share of
         # the hot path. Expiry and scope are still checked on every call (from the clear header), and a
@@ -381,7 +388,8 @@ class TokenManager:
         if not isinstance(current, LiveSession):
             return current
         refresh_token = self._sessions.open_refresh_token(current)
-        if refresh_token is None:
+        dpop = self._dpop_keys.open(current.sealed_dpop_key)
+        if refresh_token is None or (dpop is None and current.sealed_dpop_key is not None):
             self._sessions.end(current, EndReason.INVALID_GRANT)
             return TokenRefusal(RefusalReason.SESSION_ENDED, "This session has no usable refresh token.")
         unknown_since = current.refresh_started_at
@@ -409,6 +417,7 @@ class TokenManager:
                 refresh_token,
                 audience=self._settings.my_account_audience,
                 scope=request_scope,
+                dpop=dpop,
             )
             span.set("result", result.kind if isinstance(result, TokenFailure) else "ok")
         took = self._clock.monotonic() - began
@@ -417,7 +426,7 @@ class TokenManager:
             return self._failed(current, result, marked_here=unknown_since is None)
         self.breaker.succeeded()
         rotated = result.refresh_token if result.refresh_token and result.refresh_token != refresh_token else None
-        mismatch = self._mismatch(result, scope)
+        mismatch = self._mismatch(result, scope, dpop=dpop is not None)
         _exchanged("ok" if mismatch is None else mismatch.reason.value.replace("-", "_"), took, waited, set_key)
         access = {} if mismatch is not None else {set_key: encode_access(self._box, result, issued_at)}
         # The rotated refresh token is saved even when the access token is unusable.
@@ -509,7 +518,13 @@ class TokenManager:
             retry_after=str(max(1, math.ceil(wait))),
         )
 
-    def _mismatch(self, result: TokenSet, scope: str) -> TokenRefusal | None:
+    def _mismatch(self, result: TokenSet, scope: str, *, dpop: bool) -> TokenRefusal | None:
+        if dpop and not result.dpop_bound:
+            return TokenRefusal(
+                RefusalReason.IDP_REJECTED,
+                f"The IdP answered a {result.token_type} token to a DPoP-proved refresh: enable DPoP "
+                "(sender-constraining) for the application, or turn BFF_DPOP off.",
+            )
         audiences = jwt_audiences(result.access_token)
         expected = self._settings.my_account_audience
         if audiences is None or expected not in audiences:

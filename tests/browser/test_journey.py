@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from playwright.sync_api import BrowserContext, Page
 from tests.browser.exposure import JWT, TOKEN_NAMES, Exposure, Seen, jwt_claims
 from tests.browser.journey import run_journey
 from tests.browser.spa import Screenshots, Spa, session_ids
+from tests.conftest import TOKEN_BINDINGS
 
 # The journey answers the demo's confirmation dialogs itself: Cancel first, then confirm.
 pytestmark = [pytest.mark.browser, pytest.mark.confirm_dialogs]
@@ -24,8 +26,9 @@ def test_account_settings_journey(spa: Spa, screenshots: Screenshots) -> None:
     assert families and all(family["revoked"] for family in families.values()), families
 
 
+@pytest.mark.parametrize("token_binding", TOKEN_BINDINGS)
 def test_no_token_reaches_the_browser_during_the_journey(
-    spa: Spa, context: BrowserContext, page: Page, screenshots: Screenshots
+    spa: Spa, context: BrowserContext, page: Page, screenshots: Screenshots, token_binding: str
 ) -> None:
     """No token, refresh token or connect secret reaches the browser, in any form it can observe.
 
@@ -45,12 +48,21 @@ def test_no_token_reaches_the_browser_during_the_journey(
       answered to the SPA by ``POST /me/v1/authentication-methods`` and sent back to verify. It
       may appear in that response body only: no URL, header, cookie or storage.
     * ``document.cookie`` is empty on the SPA's origin at every step: no cookie is readable by script.
+    * With DPoP: no proof (a JWT too), no ``DPoP`` or ``DPoP-Nonce`` header, and no session's private
+      key (its scalar, in hex or base64url), anywhere; and every token the IdP issued was DPoP-bound.
     """
     exposure = Exposure(context, page, spa.url)
+    keys: dict[str, bytes] = {}  # every session's exported DPoP key, gathered at each step
 
     def checkpoint(name: str) -> None:
         exposure.checkpoint(name)
         screenshots.take(name)
+        for sid in session_ids(spa.stack):
+            loaded = spa.stack.store.load(sid)
+            sealed = loaded.fields.get("dk") if loaded is not None else None
+            key = spa.stack.app.extensions["bff"].dpop_keys.open(sealed)
+            if key is not None:
+                keys[sid] = key.export()
 
     run_journey(spa, checkpoint)
     stack = spa.stack
@@ -111,6 +123,29 @@ def test_no_token_reaches_the_browser_during_the_journey(
     for auth_session in enrollments:
         only_in(auth_session, "an enrollment auth_session", started)
 
+    # DPoP: the keys and proofs stay in the BFF.
+    issued = stack.idp.issued_tokens()
+    if token_binding == "dpop":
+        assert keys and {i.token_type for i in issued} == {"DPoP"}
+        assert {i.jkt for i in issued} <= {key_thumbprint(exported) for exported in keys.values()}
+    else:
+        assert not keys and {i.token_type for i in issued} == {"Bearer"}
+    for exported in keys.values():
+        scalar = int(exported.split(b":", 1)[1], 16)
+        only_in(f"{scalar:x}", "a DPoP private key (hex)", [])
+        only_in(base64.urlsafe_b64encode(scalar.to_bytes(32, "big")).rstrip(b"=").decode(),
+                "a DPoP private key (base64url)", [])
+    leaks.extend(f"a DPoP proof or header in {item}" for item in exposure.seen
+                 if "dpop+jwt" in item.text or (item.kind == "header" and item.text.lower().startswith("dpop")))
+
     leaks.extend(f"a script-readable cookie {item.text!r} at {item.method}" for item in checkpoints if item.text)
     assert not leaks, "\n".join(leaks)
+
+
+def key_thumbprint(exported: bytes) -> str:
+    from bff.dpop import DpopKey
+
+    key = DpopKey.load(exported)
+    assert key is not None
+    return key.thumbprint
 
