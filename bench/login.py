@@ -87,18 +87,24 @@ def _client(verify: str | bool = True) -> requests.Session:
     return http
 
 
-def log_in(bff_url: str, *, email: str = DEMO_EMAIL, password: str = DEMO_PASSWORD) -> requests.Session:
-    """A logged-in ``requests`` session (cookie jar holds the BFF session cookie)."""
+def log_in(bff_url: str, *, email: str = DEMO_EMAIL, password: str = DEMO_PASSWORD,
+           via: str | None = None) -> requests.Session:
+    """A logged-in ``requests`` session (cookie jar holds the BFF session cookie).
+
+    ``via``: the address of another BFF process configured with ``bff_url`` as its base URL (the one
+    callback the emulator knows); the login starts and ends there.
+    """
     http = _client()
     http.headers["X-CSRF"] = "1"
-    response = http.get(bff_url + "/bff/login", params={"returnTo": "/"}, allow_redirects=False, timeout=10)
+    start = via or bff_url
+    response = http.get(start + "/bff/login", params={"returnTo": "/"}, allow_redirects=False, timeout=10)
     if response.status_code != 302:
         raise RuntimeError(f"login: /bff/login answered {response.status_code}: {response.text[:300]}")
     page = _through_form(http, response, email=email, password=password, stop_at=bff_url)
     callback = urljoin(page.url, page.headers["Location"])
     if not callback.startswith(bff_url + "/bff/callback"):
         raise RuntimeError(f"login: unexpected redirect to {callback}")
-    done = http.get(callback, allow_redirects=False, timeout=10)
+    done = http.get(start + callback[len(bff_url):], allow_redirects=False, timeout=10)
     if done.status_code not in (302, 303):
         raise RuntimeError(f"login: /bff/callback answered {done.status_code}: {done.text[:300]}")
     return http

@@ -8,6 +8,8 @@ gunicorn), logs sessions in over real HTTP, and puts identical load on
     (a) the stub itself                      (b) nginx -> stub
     (c) Apache + mod_auth_openidc -> stub    (d) bare forwarder -> stub
     (e) BFF -> stub                          (f) BFF -> stub, 100,000 sessions in its store
+    (g) nginx -> BFF -> stub                 (h) nginx -> BFF (authorizes) -> nginx -> stub: offload
+    (i) BFF with DPoP on -> stub
 
 in rounds (a, b, c, ..., a, b, c, ...), so that a noisy machine disturbs all of them alike; then the
 same at one connection (the latency each hop adds). Then it measures a proxied call that has to
@@ -16,6 +18,10 @@ refresh its token (an MRRT exchange), the Redis memory a logged-in session takes
 Markdown tables and writes every figure to a JSON file; with ``--docs`` it also rewrites the results
 section of docs/benchmark.md, docs/benchmark-run.json and the chart docs/benchmark.png. Everything
 it started is stopped at the end, on failure and on Ctrl-C too. See docs/benchmark.md.
+
+Rows (g) and (h) are the BFF as deployed behind nginx, without and with reverse-proxy offload
+(``BFF_OFFLOAD=nginx``, deploy/nginx-offload.conf's locations); their server CPU is the BFF's and that
+nginx's together.
 
     python bench/run.py [--duration 10] [--rounds 3] [--connections 32] [--workers 2] [--profile] [--docs]
 """
@@ -50,9 +56,11 @@ from stack import (
     APACHE_SESSION_COOKIE,
     ECHO_PATH,
     FACTORS_BODY,
+    OFFLOAD_SECRET,
     STUB_PATH,
     ApacheProcess,
     BffProcess,
+    FrontProcess,
     GunicornProcess,
     NginxProcess,
     PythonStub,
@@ -67,6 +75,7 @@ from stack import (
 from bff.emulator import EmulatorConfig, EmulatorServer
 from bff.emulator.state import InvalidAccessToken
 from bff.security import SecretBox
+from bff.session.cache import CHANNEL, digest
 from bff.session.record import ACCESS_PREFIX
 from bff.settings import Settings
 
@@ -197,6 +206,22 @@ class Server(t.Protocol):
     def problems(self) -> int: ...
 
 
+class Together:
+    """Processes whose CPU time counts as one server's: the offload rows' BFF and the nginx in front of it."""
+
+    def __init__(self, **parts: Server) -> None:
+        self.parts = parts
+
+    def cpu_seconds(self) -> float:
+        return sum(part.cpu_seconds() for part in self.parts.values())
+
+    def part_seconds(self) -> dict[str, float]:
+        return {name: part.cpu_seconds() for name, part in self.parts.items()}
+
+    def problems(self) -> int:
+        return sum(part.problems() for part in self.parts.values())
+
+
 def _median(values: t.Iterable[float]) -> float:
     return statistics.median(list(values))
 
@@ -258,6 +283,11 @@ class Target:
             cpu = sum(r["server_cpu_s"] for r in rounds)
             row["server_cpu_ms_per_request"] = cpu * 1000 / requests_ if requests_ else None
             row["server_log_problems"] = self.server.problems()
+        if isinstance(self.server, Together) and requests_:
+            row["server_cpu_ms_per_request_by_process"] = {
+                name: round(sum(r["server_cpu_parts_s"][name] for r in rounds) * 1000 / requests_, 4)
+                for name in self.server.parts
+            }
         if isinstance(self.server, GunicornProcess):
             row["workers"], row["threads"] = self.server.workers, self.server.threads
             row["worker_class"] = self.server.worker_class
@@ -296,8 +326,12 @@ class Bench:
         forwarded_before = self.stub.requests_served() if self.stub and target.store is not None else None
         cpu_before = cpu_times()
         server_before = target.server.cpu_seconds() if target.server is not None else 0.0
+        parts_before = target.server.part_seconds() if isinstance(target.server, Together) else {}
         result = self.load(target, duration, connections)
         server_cpu = target.server.cpu_seconds() - server_before if target.server is not None else None
+        if isinstance(target.server, Together):
+            result["server_cpu_parts_s"] = {name: round(seconds - parts_before[name], 3)
+                                            for name, seconds in target.server.part_seconds().items()}
         cpu_after = cpu_times()
         result["connections"] = connections
         if server_cpu is not None:
@@ -386,6 +420,9 @@ def measure_refresh(
                  if name.decode().startswith(ACCESS_PREFIX)]
         if stale:
             store.hdel(record, *t.cast("list[str]", stale))
+        # As every writer does: announce the change, so no process serves the record from its cache.
+        store.publish(f"bff:p:{CHANNEL}", digest(sid) + b":bench")
+        time.sleep(0.05)  # delivered within a millisecond or two; generously, before the timed call
 
     tokens_before = emulator.state.counters()["token_calls"]
     log_offset = bff.log.stat().st_size
@@ -645,6 +682,17 @@ def check_bearer(url: str, headers: dict[str, str], emulator: EmulatorServer) ->
             "expires_in_s": round(claims["exp"] - time.time())}
 
 
+def check_dpop(emulator: EmulatorServer) -> dict[str, t.Any]:
+    """The DPoP session's tokens, as the emulator issued them: bound to the session's key (the stub checks
+    neither proofs nor signatures, for this row as for the others)."""
+    issued = emulator.state.issued_tokens()[:2]  # newest first: the warming call's MRRT exchange, the login
+    if len(issued) < 2 or any(item.token_type.lower() != "dpop" or not item.jkt for item in issued):
+        raise RuntimeError(f"DPoP check: the session's tokens are not DPoP-bound: {issued}")
+    if issued[0].jkt != issued[1].jkt:
+        raise RuntimeError("DPoP check: the login and the MRRT exchange were proved with different keys")
+    return {"bound": True, "grants": [item.grant_type for item in issued]}
+
+
 def run(args: argparse.Namespace) -> dict[str, t.Any]:
     notes: list[str] = []
     have_nginx, have_apache = prepare_tools(args, notes)
@@ -797,6 +845,35 @@ def run(args: argparse.Namespace) -> dict[str, t.Any]:
             large_env = {**env, "BFF_SESSION_STORE": large_redis.url}
             large_bff = start_bff(free_port(), large_env, args.workers, args.threads)
 
+        dpop_bff: GunicornProcess | None = None
+        dpop_headers: dict[str, str] = {}
+        if not args.no_dpop:
+            # The same BFF with DPoP on (its base URL the first one's, the emulator's one callback) and a
+            # session of its own, with a key: the cost of a proof per proxied call.
+            dpop_bff = start_bff(free_port(), {**env, "BFF_DPOP": "true"}, args.workers, args.threads)
+            dpop_http = log_in(bff_url, via=dpop_bff.url)
+            dpop_sid = str(dpop_http.cookies[cookie_name])
+            dpop_http.close()
+            dpop_headers = {**headers, "Cookie": f"{cookie_name}={dpop_sid}"}
+            warmed = requests.get(dpop_bff.url + STUB_PATH, headers=dpop_headers, timeout=10)
+            if warmed.status_code != 200:
+                raise RuntimeError(f"the DPoP BFF's warming call answered {warmed.status_code}: {warmed.text[:300]}")
+            report["dpop_check"] = check_dpop(emulator)
+            print(f"  {report['dpop_check']}", flush=True)
+
+        front: FrontProcess | None = None
+        if isinstance(stub, NginxProcess) and not args.no_offload:
+            print("starting nginx in front of an offloading bff ...", flush=True)
+            offload_port = free_port()
+            front = FrontProcess(workdir, bff_port=offload_port, stub_port=stub.stub_port)
+            cleanup.callback(front.stop)
+            offload_env = {**env, "BFF_BASE_URL": front.offload_url, "BFF_TRUSTED_PROXIES": "127.0.0.1",
+                           "BFF_OFFLOAD": "nginx", "BFF_OFFLOAD_SECRET": OFFLOAD_SECRET}
+            offload_bff = start_bff(offload_port, offload_env, args.workers, args.threads)
+            front.start()
+            report["offload_check"] = check_offload(front, offload_bff, headers)
+            print(f"  {report['offload_check']}", flush=True)
+
         targets = [Target("stub", "(a) stub", stub.stub_url + STUB_PATH, headers,
                           server=stub if isinstance(stub, NginxProcess) else None)]
         if isinstance(stub, NginxProcess):
@@ -815,6 +892,16 @@ def run(args: argparse.Namespace) -> dict[str, t.Any]:
             targets.append(Target("bff_large", f"(f) BFF, {args.sessions:,} sessions in store, {config}",
                                   large_bff.url + STUB_PATH, headers, store=large_store, emulator=emulator,
                                   server=large_bff, one_connection=False))
+        if dpop_bff is not None:
+            targets.append(Target("bff_dpop", f"(i) BFF with DPoP -> stub, {config}", dpop_bff.url + STUB_PATH,
+                                  dpop_headers, store=store, emulator=emulator, server=dpop_bff))
+        if front is not None:
+            deployed = Together(bff=offload_bff, nginx=front)
+            targets.append(Target("bff_nginx", f"(g) nginx -> BFF -> stub, {config}", front.plain_url + STUB_PATH,
+                                  headers, store=store, emulator=emulator, server=deployed))
+            targets.append(Target("bff_offload", f"(h) nginx -> BFF (authorizes) -> nginx -> stub, {config}",
+                                  front.offload_url + STUB_PATH, headers, store=store, emulator=emulator,
+                                  server=deployed))
 
         bench = Bench(args, stub)
         print(f"load: {args.generator}, {args.connections} connections, {args.rounds} round(s) of "
@@ -877,6 +964,23 @@ def run(args: argparse.Namespace) -> dict[str, t.Any]:
 
     report["machine"]["loadavg_at_end"] = [round(value, 2) for value in os.getloadavg()]
     return report
+
+
+def check_offload(front: FrontProcess, bff: GunicornProcess, headers: dict[str, str]) -> dict[str, t.Any]:
+    """One call through each port of the front nginx: the right body, and the BFF's access line saying
+    whether it handed the call to nginx (offload) or made it itself."""
+    seen: dict[str, t.Any] = {}
+    for name, url in (("plain", front.plain_url), ("offload", front.offload_url)):
+        offset = bff.log.stat().st_size
+        response = requests.get(url + STUB_PATH, headers=headers, timeout=10)
+        if response.status_code != 200 or response.json() != json.loads(FACTORS_BODY):
+            raise RuntimeError(f"offload check: {name} answered {response.status_code}: {response.text[:300]}")
+        time.sleep(SETTLE_S)  # the access line is written once the answer has gone
+        lines = _log_events(bff.log, offset, "request")
+        seen[name] = lines[-1].get("offload") if lines else None
+    if seen != {"plain": None, "offload": "nginx"}:
+        raise RuntimeError(f"offload check: the BFF's access lines say {seen}")
+    return {"offloaded": True, "bff_access_line": seen}
 
 
 def check_targets(row: dict[str, t.Any], apache: dict[str, t.Any] | None) -> dict[str, t.Any]:
@@ -955,6 +1059,22 @@ def comparisons(rows: list[dict[str, t.Any]]) -> list[str]:
         ratio = bff["rps"] / (other["rps"] or 1.0)
         cpu = (bff.get("server_cpu_ms_per_request") or 0) / (other.get("server_cpu_ms_per_request") or 1)
         lines.append(f"BFF vs {name}: {ratio:.0%} of its throughput, {cpu:.2f}x its CPU per request.")
+    plain, offloaded = by_key.get("bff_nginx"), by_key.get("bff_offload")
+    if plain and offloaded:
+        def cpu(row: dict[str, t.Any]) -> str:
+            parts = row.get("server_cpu_ms_per_request_by_process") or {}
+            return (f"{_fmt(row.get('server_cpu_ms_per_request'), '.3f')} ms ("
+                    + ", ".join(f"{name} {ms:.3f}" for name, ms in parts.items()) + ")")
+        lines.append(f"Offload (h) vs the BFF behind nginx (g): {offloaded['rps'] / (plain['rps'] or 1.0):.0%} of its "
+                     f"throughput; CPU per request {cpu(offloaded)} vs {cpu(plain)}.")
+    dpop = by_key.get("bff_dpop")
+    if dpop:
+        extra = (dpop.get("server_cpu_ms_per_request") or 0) - (bff.get("server_cpu_ms_per_request") or 0)
+        one = (dpop.get("one_connection") or {}).get("p50_ms")
+        base = (bff.get("one_connection") or {}).get("p50_ms")
+        latency = f", {one - base:+.2f} ms at one connection (p50)" if one is not None and base is not None else ""
+        lines.append(f"DPoP on (i) vs off (e): {dpop['rps'] / (bff['rps'] or 1.0):.0%} of the throughput, "
+                     f"{extra:+.3f} ms of server CPU per proxied call{latency}.")
     commands = bff.get("store_commands_per_request")
     if commands:
         lines.append("BFF store commands per proxied request: "
@@ -1204,6 +1324,9 @@ def main(argv: t.Sequence[str] | None = None) -> int:
                         help="keep py-spy's raw stacks in FILE (python bench/cpu_profile.py FILE reads them)")
     parser.add_argument("--no-reference", action="store_true", help="leave out the bare forwarder")
     parser.add_argument("--no-apache", action="store_true", help="leave out Apache with mod_auth_openidc")
+    parser.add_argument("--no-dpop", action="store_true", help="leave out the BFF with DPoP on (row i)")
+    parser.add_argument("--no-offload", action="store_true",
+                        help="leave out the BFF behind nginx, without and with offload (rows g and h)")
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto",
                         help="load generator (default: wrk, or the Python one if wrk is unavailable)")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install wrk, nginx or apache2")

@@ -3,6 +3,9 @@
 * :class:`RedisProcess` — a private ``redis-server`` (never the machine's own), no persistence.
 * :class:`NginxProcess` — the upstream stub (``return 200`` with a small JSON body) and a plain
   reverse proxy in front of it, from a generated configuration in a temporary directory.
+* :class:`FrontProcess` — nginx in front of a BFF as deployed: one port as ``deploy/nginx.conf``
+  (the BFF makes every call), one with the offload of ``deploy/nginx-offload.conf`` (the BFF authorizes a
+  read, nginx makes it), the latter's locations taken from that file.
 * :class:`PythonStub` — the stub's fallback when nginx is not installed: a small keep-alive
   HTTP/1.1 server in its own process.
 * :class:`BffProcess` — ``bff serve`` (gunicorn, gevent workers by default) pointed at the stub.
@@ -42,9 +45,11 @@ __all__ = [
     "APACHE_SESSION_COOKIE",
     "ECHO_PATH",
     "FACTORS_BODY",
+    "OFFLOAD_SECRET",
     "STUB_PATH",
     "ApacheProcess",
     "BffProcess",
+    "FrontProcess",
     "GunicornProcess",
     "NginxProcess",
     "PythonStub",
@@ -65,6 +70,9 @@ STUB_PATH = "/me/v1/factors"
 #: A check location of the stub: it answers with the ``Authorization`` header it received (used once,
 #: to see that a proxy sends the session's bearer token upstream; never under load).
 ECHO_PATH = "/me/v1/_bench/authorization"
+#: What the front nginx proves itself to the offloading BFF with (BFF_OFFLOAD_SECRET); loopback only.
+OFFLOAD_SECRET = "bff-bench-offload-secret-0123456789-abcdefghijklmnop"  # noqa: S105
+OFFLOAD_CONF = Path(__file__).resolve().parent.parent / "deploy" / "nginx-offload.conf"
 
 
 def free_port() -> int:
@@ -296,6 +304,159 @@ class NginxProcess:
 
     def stop(self) -> None:
         # SIGTERM is nginx's fast shutdown; the workers go with the master.
+        stop_process(self.process)
+        self.process = None
+
+
+def _between(text: str, start: str, end: str) -> str:
+    """The part of ``text`` from the line holding ``start`` up to (not including) the line holding ``end``."""
+    first = text.find(start)
+    last = text.find(end, first)
+    if first < 0 or last < 0:
+        raise RuntimeError(f"{OFFLOAD_CONF.name} no longer has {start!r} ... {end!r}")
+    return text[text.rfind("\n", 0, first) + 1:text.rfind("\n", 0, last) + 1]
+
+
+def offload_parts(api: str, public: str) -> tuple[str, str]:
+    """deploy/nginx-offload.conf's Location map and its offload locations (the internal one and the named
+    ones), for a plain-http My Account API at ``api`` (``host:port``) and the public origin ``public``.
+
+    Only what plain http to the API removes is changed (the ``proxy_ssl_*`` lines); everything nginx does
+    per call (the headers it sets, hides and adds, the error pages) is the deploy file's.
+    """
+    text = OFFLOAD_CONF.read_text()
+    location_map = _between(text, "map $upstream_http_location $bff_offload_location {", "    server {")
+    locations = _between(text, "location = /_offload/my-account {", "# The SPA:")
+    location_map = location_map.replace("https://tenant\\.us\\.auth0\\.com", "http://" + api.replace(".", "\\."))
+    location_map = location_map.replace("https://app.example.com", public)
+    locations = "\n".join(line for line in locations.splitlines() if "proxy_ssl_" not in line)
+    locations = locations.replace("https://my_account", "http://my_account").replace("tenant.us.auth0.com", api)
+    for name in ("tenant.us.auth0.com", "tenant\\.us\\.auth0\\.com", "app.example.com", "https://"):
+        if name in location_map + locations:
+            raise RuntimeError(f"{OFFLOAD_CONF.name}: {name} is left where the benchmark does not expect it")
+    return location_map, locations
+
+
+class FrontProcess:
+    """nginx in front of one BFF, as deployed, on two ports (plain http, keep-alive on both sides).
+
+    :attr:`plain_url`: ``/me/`` proxied to the BFF, which makes every call (deploy/nginx.conf).
+    :attr:`offload_url`: the same with ``X-Bff-Offload`` set (deploy/nginx-offload.conf): the BFF, started
+    with ``BFF_OFFLOAD=nginx`` and :data:`OFFLOAD_SECRET`, hands each read back, and nginx calls the stub.
+    """
+
+    def __init__(self, workdir: Path, *, bff_port: int, stub_port: int, workers: int = 1) -> None:
+        binary = shutil.which("nginx") or next(
+            (path for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(path, os.X_OK)), None
+        )
+        if binary is None:
+            raise FileNotFoundError("nginx")
+        self.binary = binary
+        self.dir = workdir / "front"
+        self.dir.mkdir()
+        self.bff_port = bff_port
+        self.stub_port = stub_port
+        self.plain_port = free_port()
+        self.offload_port = free_port()
+        self.workers = workers
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def plain_url(self) -> str:
+        return f"http://127.0.0.1:{self.plain_port}"
+
+    @property
+    def offload_url(self) -> str:
+        return f"http://127.0.0.1:{self.offload_port}"
+
+    def config(self) -> str:
+        d = self.dir
+        user = "user root root;" if os.geteuid() == 0 else ""
+        location_map, locations = offload_parts(f"127.0.0.1:{self.stub_port}", self.offload_url)
+        return textwrap.dedent(f"""\
+            {user}
+            worker_processes {self.workers};
+            daemon off;
+            master_process on;
+            pid {d}/nginx.pid;
+            error_log {d}/error.log warn;
+            events {{ worker_connections 4096; }}
+            http {{
+                access_log off;
+                client_body_temp_path {d}/body;
+                proxy_temp_path {d}/proxy;
+                fastcgi_temp_path {d}/fastcgi;
+                uwsgi_temp_path {d}/uwsgi;
+                scgi_temp_path {d}/scgi;
+                keepalive_requests 1000000;
+                keepalive_timeout 60s;
+                map "" $bff_offload_secret {{ default "{OFFLOAD_SECRET}"; }}
+                upstream bff {{
+                    server 127.0.0.1:{self.bff_port};
+                    keepalive 32;
+                    keepalive_timeout 4s;
+                }}
+                upstream my_account {{
+                    server 127.0.0.1:{self.stub_port};
+                    keepalive 16;
+                }}
+            """) + location_map + textwrap.dedent(f"""\
+                server {{
+                    listen 127.0.0.1:{self.plain_port};
+                    proxy_http_version 1.1;
+                    proxy_set_header Connection "";
+                    proxy_set_header Host $host;
+                    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+                    proxy_set_header X-Forwarded-Proto $scheme;
+                    proxy_set_header X-Request-Id $request_id;
+                    proxy_set_header X-Bff-Offload "";
+                    location /me/ {{ proxy_pass http://bff; }}
+                    location / {{ return 404; }}
+                }}
+                server {{
+                    listen 127.0.0.1:{self.offload_port};
+                    proxy_http_version 1.1;
+                    proxy_set_header Connection "";
+                    proxy_set_header Host $host;
+                    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+                    proxy_set_header X-Forwarded-Proto $scheme;
+                    proxy_set_header X-Request-Id $request_id;
+                    proxy_set_header X-Bff-Offload $bff_offload_secret;
+                    proxy_set_header X-Bff-Offload-Fallback "";
+                    location /me/ {{
+                        proxy_pass http://bff;
+                        proxy_hide_header X-Bff-Upstream-Target;
+                        proxy_hide_header X-Bff-Upstream-Authorization;
+                        proxy_hide_header X-Bff-Upstream-Dpop;
+                    }}
+                    location / {{ return 404; }}
+            """) + locations + "    }\n}\n"
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the master and its worker."""
+        return 0.0 if self.process is None else process_tree_cpu(self.process.pid)
+
+    def problems(self) -> int:
+        """Error-level lines in nginx's error log."""
+        try:
+            text = (self.dir / "error.log").read_text(errors="replace")
+        except OSError:
+            return 0
+        return sum(text.count(level) for level in ("[error]", "[crit]", "[alert]", "[emerg]"))
+
+    def start(self) -> FrontProcess:
+        conf = self.dir / "nginx.conf"
+        conf.write_text(self.config())
+        self.process = _spawn([self.binary, "-p", str(self.dir), "-c", str(conf)], log=self.dir / "stdout.log")
+        try:
+            wait_for_http(self.plain_url + "/", timeout=10, process=self.process)
+            wait_for_http(self.offload_url + "/", timeout=10, process=self.process)
+        except RuntimeError as error:
+            detail = _tail(self.dir / "error.log") or _tail(self.dir / "stdout.log")
+            raise RuntimeError(f"{error}\n{detail}") from error
+        return self
+
+    def stop(self) -> None:
         stop_process(self.process)
         self.process = None
 

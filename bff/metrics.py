@@ -40,6 +40,8 @@ __all__ = [
     "process_exited",
     "rate_limited",
     "request_finished",
+    "session_cache_invalidated",
+    "session_cache_lookup",
     "session_ended",
     "session_started",
     "store_error",
@@ -79,6 +81,16 @@ class _Metrics:
         self.sessions_started = Counter("bff_sessions_started", "Sessions started (successful logins).")
         self.sessions_ended = Counter("bff_sessions_ended", "Sessions ended, by reason.", ["reason"])
         self.rate_limited = Counter("bff_rate_limited", "Requests refused by a rate limit, by limit.", ["limit"])
+        self.session_cache_lookups = Counter(
+            "bff_session_cache_lookups",
+            "Session reads that could use the process-local session cache, by result (hit, miss, bypass: "
+            "the cache was not listening).",
+            ["result"],
+        )
+        self.session_cache_invalidations = Counter(
+            "bff_session_cache_invalidations",
+            "Session changes announced by any process and received by this one's session cache.",
+        )
 
 
 _created: _Metrics | None = None
@@ -129,6 +141,15 @@ def session_started() -> None:
 
 def session_ended(reason: str) -> None:
     _metrics().sessions_ended.labels(reason).inc()
+
+
+def session_cache_lookup(result: str) -> None:
+    """Count one session read through the cache: ``hit``, ``miss`` or ``bypass``."""
+    _metrics().session_cache_lookups.labels(result).inc()
+
+
+def session_cache_invalidated(count: int) -> None:
+    _metrics().session_cache_invalidations.inc(count)
 
 
 def rate_limited(limit: str = "other") -> None:

@@ -5,6 +5,9 @@ anti-forgery (``X-CSRF: 1`` and Origin), the route allowlist on the *raw* path a
 rules that need no body (media type, framing, declared length), then the session. Only then is the
 body read (within ``BFF_MAX_BODY_BYTES``, JSON checked) and the call made through the My Account
 client. Every proxied response is ``Cache-Control: no-store``.
+
+With ``BFF_OFFLOAD=nginx``, a read that came through the configured nginx is not called from here: once
+every check has passed and the token is in hand, nginx is handed the call (:mod:`bff.proxy.offload`).
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, request
 from werkzeug.routing import PathConverter
 
+from .. import logs
 from ..access import note_route
 from ..bodies import check_framing, parse_json, read_body
 from ..errors import Problem, ProblemKind
 from ..myaccount import call_problem
 from ..security import check_anti_forgery
 from ..services import services
-from ..session import require_session
+from ..session import BffSession, require_session
 from ..tokens.manager import TokenRefusal
+from . import offload
 from .forward import BFF_PREFIX, UpstreamResponse
 from .matching import RouteRejection
 
@@ -91,6 +96,13 @@ def proxy(rest: str = "") -> Response:
     live = session.live
     assert live is not None
     svc.limits.hit("session", live.sid)
+    verdict = offload.verdict(request, svc.settings)
+    if verdict == "hand-off":
+        handed = _hand_off(session, match.route.scope, match.route.method, match.upstream_path, match.query)
+        if handed is not None:
+            return handed
+    elif verdict == "fallback":
+        logs.bind(offload="fallback")
     body: bytes | None = None
     if match.expects_body:
         body = read_body(request, limit)
@@ -109,6 +121,23 @@ def proxy(rest: str = "") -> Response:
     for name, value in result.headers:
         response.headers.add(name, value)
     return response
+
+
+def _hand_off(session: BffSession, scope: str, method: str, path: str, query: str) -> Response | None:
+    """The internal redirect that has nginx make this call with the session's token, or ``None`` when
+    the token needs a header nginx does not send (the call is then forwarded from here)."""
+    svc = services()
+    live = session.live
+    assert live is not None
+    token = svc.tokens.access_token(live, scope)
+    if isinstance(token, TokenRefusal):
+        if token.ended_session:
+            session.drop()
+        raise call_problem(token, _return_to())
+    handed = offload.handoff(svc.settings, path, query, svc.myaccount.credentials(live, token, method, path))
+    if handed is not None:
+        logs.bind(offload="nginx")
+    return handed
 
 
 def _reject(rejection: RouteRejection) -> t.NoReturn:

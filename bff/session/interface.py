@@ -1,7 +1,8 @@
 """Flask's session, as a read-only view of the session core's record, and the session cookie.
 
 The browser holds only an opaque, random session id in an ``HttpOnly``, ``SameSite=Strict`` cookie.
-Opening a session is one round trip (:meth:`SessionCore.load_live`); nothing is ever written back
+Opening a session is one round trip (:meth:`SessionCore.load_live`), or none for a proxied read the
+session cache can answer (:mod:`bff.session.cache`); nothing is ever written back
 from Flask's session object, so concurrent requests of one session can never write a stale copy of
 anything (the lost-update bug of whole-blob sessions): every change goes through the session core.
 
@@ -32,6 +33,10 @@ _SID = re.compile(r"[A-Za-z0-9_-]{43}")
 # outage must not affect them.
 _SESSIONLESS_PREFIXES = ("/healthz", "/readyz", "/bff/static/", "/bff/backchannel-logout")
 _SESSION_PREFIXES = ("/bff/", "/me/")
+# The reads the session cache may answer: proxied calls that change nothing. Every other request (a
+# write, a login, a logout, the session list) reads the store.
+_CACHED_PREFIX = "/me/"
+_CACHED_METHODS = frozenset({"GET", "HEAD"})
 
 
 class BffSession(ServerSideSession):  # type: ignore[misc]
@@ -86,7 +91,9 @@ class StoreSessionInterface(SessionInterface):
             return self._empty()
         session = self._empty()
         try:
-            live = self.core.load_live(sid)
+            live = self.core.load_live(
+                sid, cached=request.method in _CACHED_METHODS and path.startswith(_CACHED_PREFIX)
+            )
         except StoreUnavailable:
             session.unavailable = True
             return session
@@ -144,6 +151,6 @@ def init_app(app: Flask, core: SessionCore, settings: Settings) -> None:
 
     @app.before_request
     def _touch() -> None:
-        live = current_session().live
-        if live is not None:
-            core.touch(live)
+        current = current_session()
+        if current.live is not None and not core.touch(current.live):
+            current.live = None  # it ended since it was read: this request has no session

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 import typing as t
 
-from .base import Record, SessionStore, StoreUnavailable
+from .base import Record, SessionStore, StoreUnavailable, Subscription
 
-__all__ = ["Record", "SessionStore", "StoreUnavailable", "open_store"]
+__all__ = ["Record", "SessionStore", "StoreUnavailable", "Subscription", "open_store"]
 
 
 def open_store(url: str, *, prefix: str = "bff:", clock: t.Callable[[], float] = time.time) -> SessionStore:

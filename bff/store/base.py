@@ -15,6 +15,11 @@ back-channel logout without scanning keys).
 
 Every method is one round trip to the backend. Every backend failure surfaces as
 :class:`StoreUnavailable` (the web layer answers 503 and keeps the session), never as "no session".
+
+A backend may also carry messages between the processes that share it (:attr:`SessionStore.pubsub`):
+:meth:`~SessionStore.publish` on a named channel, and a :class:`Subscription` that receives them. A
+subscription tells its holder when it may have missed a message (it raises), so a holder can keep
+process-local state only while nothing can have slipped past it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import typing as t
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-__all__ = ["Record", "SessionStore", "StoreUnavailable"]
+__all__ = ["Record", "SessionStore", "StoreUnavailable", "Subscription"]
 
 
 class StoreUnavailable(Exception):
@@ -44,11 +49,37 @@ class Record:
     fields: dict[str, bytes]
 
 
+class Subscription(ABC):
+    """One connection subscribed to one channel of the store, owned by one thread.
+
+    Security: a holder that caches what the messages invalidate relies on never missing one. So a
+    subscription raises :class:`StoreUnavailable` from :meth:`poll` as soon as a message may have been
+    lost (the connection broke, the server ended the subscription, or the server stopped answering),
+    and :attr:`heard` says up to when delivery is proven; it never reconnects by itself.
+    """
+
+    #: ``time.monotonic()`` at which the server was last asked to prove the connection (by a ping it
+    #: has answered since, or by the subscription itself): every message published between the
+    #: subscription and then has been received.
+    heard: float = 0.0
+
+    @abstractmethod
+    def poll(self, timeout: float) -> list[bytes]:
+        """The messages that arrive within ``timeout`` seconds (perhaps none); also keeps :attr:`heard`
+        fresh. Raises :class:`StoreUnavailable` once a message may have been missed."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Unsubscribe and close the connection."""
+
+
 class SessionStore(ABC):
     """The seam between the BFF and its storage; see the module docstring for the guarantees."""
 
     #: Round trips made through this instance, for benchmarks and tests.
     round_trips: int = 0
+    #: Whether :meth:`publish` and :meth:`subscribe` work on this backend.
+    pubsub: bool = False
 
     # Session records ------------------------------------------------------------------------
 
@@ -141,6 +172,21 @@ class SessionStore(ABC):
     @abstractmethod
     def counter(self, key: str) -> tuple[int, float]:
         """A counter's value and the seconds left in its window (``(0, 0.0)`` when it does not exist)."""
+
+    # Messages between processes ------------------------------------------------------------
+
+    def publish(self, channel: str, message: bytes) -> None:
+        """Send ``message`` to every current subscriber of ``channel`` (under the store's prefix).
+
+        Delivered at most once, only to subscriptions connected now; :class:`StoreUnavailable` when
+        the backend did not take it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no publish/subscribe")
+
+    def subscribe(self, channel: str) -> Subscription:
+        """A new connection subscribed to ``channel``, returned once the server confirmed it: every
+        message published from then on reaches it, or its :meth:`Subscription.poll` raises."""
+        raise NotImplementedError(f"{type(self).__name__} has no publish/subscribe")
 
     # Operations -----------------------------------------------------------------------------
 

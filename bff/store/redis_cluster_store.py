@@ -17,6 +17,12 @@ no replica has.
 
 The client is created on first use (the constructor of redis-py's cluster client already connects),
 so a BFF starts while the cluster is unreachable and answers 503 until it is back.
+
+Messages between processes use sharded publish/subscribe (``SPUBLISH``, ``SSUBSCRIBE``): a channel lives
+on the shard that owns its slot, and publisher and subscriber both talk to that shard's primary, never
+through the cluster bus (which may drop a message without either of them noticing). When the slot moves
+(a failover, a migration) the server ends the subscription or its connection breaks, and the subscriber
+learns that it may have missed messages.
 """
 
 from __future__ import annotations
@@ -31,8 +37,17 @@ from redis.exceptions import AskError, ClusterDownError, MovedError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import StoreUnavailable
-from .redis_store import REDIS_ERRORS, RedisKeyspace, ReplicaCounts, Script, client_options, run_acknowledged
+from .base import StoreUnavailable, Subscription
+from .redis_store import (
+    REDIS_ERRORS,
+    RedisKeyspace,
+    RedisSubscription,
+    ReplicaCounts,
+    Script,
+    client_options,
+    run_acknowledged,
+    subscription_connection,
+)
 
 __all__ = ["RedisClusterStore"]
 
@@ -84,6 +99,28 @@ class RedisClusterStore(RedisKeyspace):
                     self._cluster = self._connect()
                 cluster = self._cluster
         return cluster
+
+    def deliver(self, channel: str, message: bytes) -> None:
+        """``SPUBLISH`` on the primary that owns the channel's slot."""
+        self.client().spublish(channel, message)
+
+    def subscribe(self, channel: str) -> Subscription:
+        """``SSUBSCRIBE`` on the primary that owns the channel's slot (where ``SPUBLISH`` sends it).
+
+        The layout is read again first: a subscription is made after the previous one ended, often
+        because the slot moved, and a demoted primary would accept it and hear nothing more.
+        """
+        name = self._p(channel)
+        try:
+            cluster = self.client()
+            cluster.nodes_manager.initialize()
+            node: ClusterNode = cluster.get_node_from_key(name)  # type: ignore[no-untyped-call]
+            connection = subscription_connection(cluster.get_redis_connection(node).connection_pool)
+        except REDIS_ERRORS as error:
+            raise StoreUnavailable("could not subscribe") from error
+        subscription = RedisSubscription(connection, name, sharded=True)
+        subscription.open()
+        return subscription
 
     def write_durably(self, key: str, script: Script, args: t.Sequence[t.Any]) -> bool:
         """Run the write on the primary owning ``key``'s slot and ``WAIT`` there, on one connection."""

@@ -8,7 +8,9 @@ Key layout (the same on a standalone server, behind Sentinel and on a Redis Clus
   (``<prefix>l:refresh:{<sid>}``, ``<prefix>l:connect-slot:{<sid>}:<n>``, see :mod:`bff.session.record`);
 * ``<prefix>k:<key>`` — one-time values (transactions, replay guards);
 * ``<prefix>i:<index>`` — indexes (sets: ``sub:<sub>`` and ``idp-sid:<sid>`` to session ids);
-* ``<prefix>c:<key>`` — counters (rate limits), each with its window as TTL.
+* ``<prefix>c:<key>`` — counters (rate limits), each with its window as TTL;
+* ``<prefix>p:<channel>`` — publish/subscribe channels (not keys): ``PUBLISH`` and ``SUBSCRIBE`` on one
+  server, sharded ``SPUBLISH`` and ``SSUBSCRIBE`` on a Redis Cluster (:mod:`.redis_cluster_store`).
 
 The braces are a Redis Cluster *hash tag*: only the text between them chooses the key's slot, so a
 session's record, refresh lock and connect slots always live on one shard, and a failover moves them
@@ -29,6 +31,7 @@ caller answers 503 and keeps the session.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -42,19 +45,22 @@ from redis.exceptions import NoScriptError, RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from .base import Record, SessionStore, StoreUnavailable
+from .base import Record, SessionStore, StoreUnavailable, Subscription
 
 if t.TYPE_CHECKING:
     from redis.cluster import RedisCluster
+    from redis.connection import AbstractConnection, ConnectionPool
 
 __all__ = [
     "REDIS_ERRORS",
     "RedisKeyspace",
     "RedisStore",
+    "RedisSubscription",
     "ReplicaCounts",
     "Script",
     "client_options",
     "run_acknowledged",
+    "subscription_connection",
 ]
 
 P = t.ParamSpec("P")
@@ -72,6 +78,9 @@ _REPLICA_RECHECK = 2.0
 
 #: What a Redis client raises; a cluster client's own exceptions do not derive from RedisError.
 REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
+# A subscription pings its server this often, and gives up on it when a ping stays unanswered this long.
+_PING_EVERY = 1.0
+_PING_ANSWER = 2.0
 
 
 @dataclass(frozen=True)
@@ -221,7 +230,7 @@ class ReplicaCounts:
             cached = self._counts.get(name)
         if cached is not None and now - cached[1] < _REPLICA_RECHECK:
             return cached[0]
-        info = t.cast("dict[str, t.Any]", node.info("replication"))
+        info = dict(node.info("replication"))
         count = int(info.get("connected_slaves", 0))
         replid = str(info.get("master_replid", ""))
         with self._lock:
@@ -259,12 +268,117 @@ def run_acknowledged(
     return results[0], (results[1] if replicas else 0)
 
 
+class RedisSubscription(Subscription):
+    """A connection of its own, subscribed to one channel (``SUBSCRIBE``, or ``SSUBSCRIBE`` when sharded).
+
+    Not redis-py's ``PubSub``: that one reconnects and subscribes again by itself, hiding the gap in
+    which messages were lost. This one raises instead (see :class:`~bff.store.Subscription`), and pings
+    the server every second, so a connection that silently stopped delivering is noticed within
+    :data:`_PING_ANSWER` seconds. Speaks RESP2 and RESP3 alike.
+    """
+
+    def __init__(self, connection: AbstractConnection, channel: str, *, sharded: bool = False) -> None:
+        self._connection = connection
+        self._sharded = sharded
+        self._channel = channel.encode()
+        self._subscribe = b"ssubscribe" if sharded else b"subscribe"
+        self._message = b"smessage" if sharded else b"message"
+        self._ended = (b"sunsubscribe", b"unsubscribe")
+        self._pings = 0
+        self._ping: tuple[bytes, float] | None = None  # the unanswered ping and when it was sent
+        self._pinged = 0.0
+        self.heard = 0.0
+
+    def open(self) -> None:
+        """Connect and subscribe; returns once the server confirmed the subscription."""
+        try:
+            self._connection.connect()  # type: ignore[no-untyped-call]
+            if self._sharded:
+                # A demoted primary still accepts SSUBSCRIBE, then hears nothing its old shard publishes.
+                self._connection.send_command("ROLE", check_health=False)  # type: ignore[no-untyped-call]
+                role = self._connection.read_response()
+                if not (isinstance(role, list) and role and role[0] in (b"master", "master")):
+                    self.close()
+                    raise StoreUnavailable("the channel's node is not a primary (the layout is changing)")
+            sent = time.monotonic()
+            self._connection.send_command(  # type: ignore[no-untyped-call]
+                self._subscribe.decode().upper(), self._channel, check_health=False
+            )
+            deadline = sent + _PING_ANSWER
+            while time.monotonic() < deadline:
+                if not self._connection.can_read(timeout=max(0.0, deadline - time.monotonic())):
+                    break
+                reply = self._connection.read_response(push_request=True)
+                if isinstance(reply, list) and len(reply) >= 2 and reply[0] == self._subscribe:
+                    if reply[1] != self._channel:
+                        break
+                    self.heard = self._pinged = sent
+                    return
+        except REDIS_ERRORS as error:
+            self.close()
+            raise StoreUnavailable("could not subscribe") from error
+        self.close()
+        raise StoreUnavailable("the server did not confirm the subscription")
+
+    def poll(self, timeout: float) -> list[bytes]:
+        connection = self._connection
+        messages: list[bytes] = []
+        try:
+            now = time.monotonic()
+            if self._ping is not None and now - self._ping[1] > _PING_ANSWER:
+                raise StoreUnavailable("the server stopped answering the subscription's pings")
+            if self._ping is None and now - self._pinged >= _PING_EVERY:
+                self._pings += 1
+                token = f"bff-{self._pings}".encode()
+                connection.send_command("PING", token, check_health=False)  # type: ignore[no-untyped-call]
+                self._ping = (token, now)
+                self._pinged = now
+            wait = timeout
+            while connection.can_read(timeout=wait):
+                wait = 0.0
+                self._take(connection.read_response(push_request=True), messages)
+        except REDIS_ERRORS as error:
+            self.close()
+            raise StoreUnavailable("the subscription's connection failed") from error
+        except StoreUnavailable:
+            self.close()
+            raise
+        return messages
+
+    def _take(self, reply: t.Any, messages: list[bytes]) -> None:
+        # RESP3 answers a ping with its argument; RESP2, while subscribed, with ["pong", argument].
+        pong = reply[1] if isinstance(reply, list) and len(reply) == 2 and reply[0] == b"pong" else reply
+        if self._ping is not None and pong == self._ping[0]:
+            self.heard = self._ping[1]
+            self._ping = None
+            return
+        if not isinstance(reply, list) or len(reply) < 3:
+            return
+        kind, channel = reply[0], reply[1]
+        if kind == self._message and channel == self._channel:
+            messages.append(bytes(reply[2]))
+        elif kind in self._ended:
+            # The server dropped the subscription (a cluster slot moved to another shard).
+            raise StoreUnavailable("the server ended the subscription")
+
+    def close(self) -> None:
+        with contextlib.suppress(*REDIS_ERRORS):
+            self._connection.disconnect()  # type: ignore[no-untyped-call]
+
+
+def subscription_connection(pool: ConnectionPool) -> AbstractConnection:
+    """A new connection configured as the pool's are, but not the pool's: a subscription owns it."""
+    return t.cast("AbstractConnection", pool.connection_class(**pool.connection_kwargs))
+
+
 class RedisKeyspace(SessionStore):
     """The store's operations on any Redis client; subclasses provide the client and the durable write.
 
     Every method touches one key (see the module docstring), which is what lets one implementation
     serve a single server and a cluster alike.
     """
+
+    pubsub = True
 
     def __init__(self, *, prefix: str = "bff:") -> None:
         self._prefix = prefix
@@ -296,6 +410,9 @@ class RedisKeyspace(SessionStore):
 
     def _c(self, key: str) -> str:
         return f"{self._prefix}c:{key}"
+
+    def _p(self, channel: str) -> str:
+        return f"{self._prefix}p:{channel}"
 
     def _eval(self, script: Script, key: str, *args: t.Any) -> t.Any:
         client = self.client()
@@ -389,6 +506,14 @@ class RedisKeyspace(SessionStore):
         return (int(value), max(0.0, int(ttl) / 1000)) if value is not None else (0, 0.0)
 
     @_guard
+    def publish(self, channel: str, message: bytes) -> None:
+        self.deliver(self._p(channel), message)
+
+    def deliver(self, channel: str, message: bytes) -> None:
+        """Send a message on a channel's full name (``PUBLISH``; a cluster shards it)."""
+        self.client().publish(channel, message)
+
+    @_guard
     def ping(self) -> None:
         self.probe()
 
@@ -438,6 +563,17 @@ class RedisStore(RedisKeyspace):
 
     def client(self) -> redis.Redis:
         return self._redis
+
+    def subscribe(self, channel: str) -> Subscription:
+        """A subscription on the primary (behind Sentinel, the one Sentinel names when it connects)."""
+        try:
+            self.follow_primary()
+            connection = subscription_connection(self._redis.connection_pool)
+        except REDIS_ERRORS as error:
+            raise StoreUnavailable("could not subscribe") from error
+        subscription = RedisSubscription(connection, self._p(channel))
+        subscription.open()
+        return subscription
 
     def write_durably(self, key: str, script: Script, args: t.Sequence[t.Any]) -> bool:
         """Where the primary has replicas, return only once one acknowledged the write.

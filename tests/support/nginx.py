@@ -6,6 +6,11 @@ SPA's directory, the directory of the TLS certificate and key, and the directory
 temporary files. Each must be found, so a deploy file that no longer names one fails loudly here rather
 than running something else.
 
+With :class:`Offload`, it runs ``deploy/nginx-offload.conf`` instead, which also names the My Account API
+(its host, and the CAs its certificate is checked against), the public origin (in its Location map) and
+the file of the shared secret: those are replaced too (the API stands on ``127.0.0.1`` with a certificate
+for ``localhost``), and the secret file is written.
+
 Each :class:`NginxProcess` has a private directory (``-p``, ``-c``, ``-e``: no root path is used); nginx
 runs in the foreground, its access log (stdout) and error log (stderr) going to files there. Started as
 root, nginx runs its workers as ``nobody``, so the directory and the SPA's files are world-readable (the
@@ -14,6 +19,7 @@ private key is read by the master only).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import re
@@ -31,6 +37,10 @@ from tests.support.tls import ServerCertificate
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY_CONF = REPO / "deploy" / "nginx.conf"
+OFFLOAD_CONF = REPO / "deploy" / "nginx-offload.conf"
+#: The names deploy/nginx-offload.conf gives the My Account API's host and the public origin's.
+API_HOST = "tenant.us.auth0.com"
+PUBLIC_HOST = "app.example.com"
 _START_TIMEOUT = 10.0
 
 
@@ -46,6 +56,16 @@ def nginx_version(binary: str) -> str:
     return output.strip().rpartition(" ")[2]
 
 
+@dataclasses.dataclass(frozen=True)
+class Offload:
+    """What ``deploy/nginx-offload.conf`` needs: the My Account API (an https server on ``127.0.0.1:port``
+    whose certificate, for ``localhost``, ``ca`` issued) and the secret nginx proves itself with."""
+
+    api_port: int
+    ca: pathlib.Path
+    secret: str
+
+
 def render(
     text: str,
     *,
@@ -55,10 +75,11 @@ def render(
     spa_dir: pathlib.Path,
     secrets_dir: pathlib.Path,
     run_dir: pathlib.Path,
+    offload: Offload | None = None,
 ) -> str:
-    """``deploy/nginx.conf`` with its container addresses and paths replaced (comments untouched)."""
+    """A deploy file with its container addresses and paths replaced (comments untouched)."""
     if len(upstreams) != 2:
-        raise ValueError("deploy/nginx.conf names two BFF instances")
+        raise ValueError("the deploy files name two BFF instances")
     replacements = [
         # First: the paths put in below lie under the system's temporary directory themselves.
         (re.compile(r"(\s)/tmp/"), rf"\g<1>{run_dir}/"),
@@ -69,6 +90,17 @@ def render(
         (re.compile(r"(\s)/srv/spa;"), rf"\g<1>{spa_dir};"),
         (re.compile(r"(\s)/run/secrets/"), rf"\g<1>{secrets_dir}/"),
     ]
+    if offload is not None:
+        api = f"localhost:{offload.api_port}"
+        replacements += [
+            (re.compile(rf"^(\s*server ){re.escape(API_HOST)}:443;"), rf"\g<1>127.0.0.1:{offload.api_port};"),
+            (re.compile(rf"(\sproxy_ssl_name ){re.escape(API_HOST)};"), r"\g<1>localhost;"),
+            (re.compile(rf"(\sproxy_set_header Host ){re.escape(API_HOST)};"), rf"\g<1>{api};"),
+            # In the Location map, within a regular expression: "tenant\.us\.auth0\.com".
+            (re.compile(re.escape(re.escape(API_HOST))), api),
+            (re.compile(re.escape(f"https://{PUBLIC_HOST}/")), f"https://127.0.0.1:{https_port}/"),
+            (re.compile(r"(\s)/etc/ssl/certs/ca-certificates\.crt;"), rf"\g<1>{offload.ca};"),
+        ]
     used = [0] * len(replacements)
     lines = []
     for line in text.splitlines(keepends=True):
@@ -79,12 +111,47 @@ def render(
         lines.append(line)
     missing = [pattern.pattern for (pattern, _), count in zip(replacements, used, strict=True) if not count]
     if missing:
-        raise AssertionError(f"deploy/nginx.conf no longer has: {missing}")
-    return "".join(lines)
+        raise AssertionError(f"the deploy file no longer has: {missing}")
+    rendered = "".join(lines)
+    directives = [line.partition("#")[0] for line in rendered.splitlines()]
+    left = [line for line in directives if any(name in line for name in (API_HOST, re.escape(API_HOST), PUBLIC_HOST))]
+    if left:
+        raise AssertionError(f"the deploy file names the API or the public origin where it is not replaced: {left}")
+    return rendered
+
+
+_TOKEN = re.compile(r"""#[^\n]*|"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)'|([;{}])|([^\s;{}"'#]+)""")
+
+
+def directives(text: str) -> list[tuple[tuple[str, ...], list[str]]]:
+    """A configuration's directives, each with the blocks it stands in (``("http", "server", "location /me/")``:
+    each block's words) and its own words, quotes removed."""
+    found: list[tuple[tuple[str, ...], list[str]]] = []
+    blocks: list[str] = []
+    words: list[str] = []
+    for match in _TOKEN.finditer(text):
+        double, single, punctuation, word = match.groups()
+        if punctuation == ";":
+            found.append((tuple(blocks), words))
+            words = []
+        elif punctuation == "{":
+            found.append((tuple(blocks), words))
+            blocks.append(" ".join(words))
+            words = []
+        elif punctuation == "}":
+            blocks.pop()
+        elif match.group(0).startswith("#"):
+            continue
+        else:
+            words.append(double if double is not None else single if single is not None else word)
+    if blocks or words:
+        raise ValueError("unbalanced braces or an unterminated directive")
+    return found
 
 
 class NginxProcess:
-    """``deploy/nginx.conf`` in front of ``upstreams`` (two ``host:port``), serving ``spa`` (name -> text)."""
+    """``deploy/nginx.conf`` in front of ``upstreams`` (two ``host:port``), serving ``spa`` (name -> text);
+    with ``offload``, ``deploy/nginx-offload.conf``."""
 
     def __init__(
         self,
@@ -92,6 +159,7 @@ class NginxProcess:
         certificate: ServerCertificate,
         *,
         spa: t.Mapping[str, str] | None = None,
+        offload: Offload | None = None,
     ) -> None:
         binary = nginx_binary()
         if binary is None:
@@ -112,10 +180,15 @@ class NginxProcess:
         shutil.copyfile(certificate.cert, secrets_dir / "tls_certificate")
         shutil.copyfile(certificate.key, secrets_dir / "tls_key")
         (secrets_dir / "tls_key").chmod(0o600)
+        if offload is not None:
+            secret = secrets_dir / "bff_offload.conf"
+            secret.write_text(f'map "" $bff_offload_secret {{ default "{offload.secret}"; }}\n')
+            secret.chmod(0o600)
         self.conf = self.dir / "nginx.conf"
         self.conf.write_text(render(
-            DEPLOY_CONF.read_text(), upstreams=upstreams, http_port=self.http_port, https_port=self.https_port,
-            spa_dir=spa_dir, secrets_dir=secrets_dir, run_dir=self.dir,
+            (DEPLOY_CONF if offload is None else OFFLOAD_CONF).read_text(), upstreams=upstreams,
+            http_port=self.http_port, https_port=self.https_port, spa_dir=spa_dir, secrets_dir=secrets_dir,
+            run_dir=self.dir, offload=offload,
         ))
         self.access_log = self.dir / "access.log"
         self.error_log = self.dir / "error.log"
