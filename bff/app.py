@@ -6,7 +6,7 @@ import typing as t
 
 from flask import Flask
 
-from . import access, proxies, security, spa
+from . import access, proxies, raw_target, security, spa
 from .auth import backchannel as backchannel_views
 from .auth import sessions as sessions_views
 from .auth import views as auth_views
@@ -96,6 +96,7 @@ def create_app(
 
     init_sessions(app, sessions, settings)
     register_error_handlers(app)
+    raw_target.init_app(app)  # inside the access log, which records the refusals
     access.init_app(app, box.mac)
     security.init_app(app)
     proxies.init_app(app, settings.trusted_proxies)

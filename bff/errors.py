@@ -93,6 +93,7 @@ class ProblemKind(enum.Enum):
     METHOD_NOT_ALLOWED = ("method-not-allowed", 405, "Method not allowed")
     REQUEST_TOO_LARGE = ("request-too-large", 431, "Request header fields too large")
     INTERNAL_ERROR = ("internal-error", 500, "Internal error")
+    SERVER_UNSUPPORTED = ("server-unsupported", 500, "Server not supported")
 
     def __init__(self, slug: str, status: int, title: str) -> None:
         self.slug = slug

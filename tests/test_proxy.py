@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import typing as t
 
 import pyotp
@@ -341,3 +342,26 @@ def test_other_upstream_403_pass_through_unchanged(stack: Stack) -> None:
     response = http.get(stack.bff_url + "/me/v1/factors")
     assert response.status_code == 403
     assert response.json()["detail"] == "nope"
+
+
+def _wsgi_get(app: t.Any, path: str, *, raw: bool) -> tuple[int, dict[str, t.Any]]:
+    """Call the app as a WSGI server would: with the raw target (gunicorn's ``RAW_URI``), or, like
+    servers that hand over only the decoded ``PATH_INFO``, without it."""
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    environ = EnvironBuilder(path=path, headers={"X-CSRF": "1"}).get_environ()
+    environ.pop("RAW_URI", None)
+    environ.pop("REQUEST_URI", None)
+    if raw:
+        environ["RAW_URI"] = path
+    body, status, _headers = run_wsgi_app(app, environ)
+    return int(status.split()[0]), json.loads(b"".join(body))
+
+
+def test_a_server_without_the_raw_request_target_is_refused_not_served(stack: Stack) -> None:
+    status, problem = _wsgi_get(stack.app, "/healthz", raw=False)
+    assert status == 500 and problem["type"] == "urn:bff:problem:server-unsupported"
+    status, problem = _wsgi_get(stack.app, "/me/v1/factors", raw=False)
+    assert status == 500 and problem["type"] == "urn:bff:problem:server-unsupported"
+    status, _ = _wsgi_get(stack.app, "/healthz", raw=True)
+    assert status == 200
