@@ -52,6 +52,7 @@ UNMATCHED = "unmatched"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _RULE_VARIABLE = re.compile(r"<(?:[^<>:]+:)?([^<>]+)>")
 _ENVIRON_KEY = "bff.access"
+_TAG_CACHE_SIZE = 4096
 
 
 @dataclass(slots=True)
@@ -177,11 +178,18 @@ def init_app(app: Flask, mac: t.Callable[[str], str]) -> None:
     """
     metrics.ensure_created()
     app.wsgi_app = AccessLog(app.wsgi_app)  # type: ignore[method-assign]
+    # The tags of recent sessions: a session makes many requests, each tagged twice (before and after).
+    tags: dict[str, str] = {}
 
     def tag_session() -> None:
         sid = getattr(session, "sid", "")
         if sid:
-            logs.bind(session=logs.session_tag(mac, sid))
+            tag = tags.get(sid)
+            if tag is None:
+                if len(tags) >= _TAG_CACHE_SIZE:
+                    tags.clear()
+                tag = tags[sid] = logs.session_tag(mac, sid)
+            logs.bind(session=tag)
 
     @app.before_request
     def _session_known() -> None:
