@@ -11,9 +11,15 @@ import pytest
 import redis
 import requests
 
-from tests.conftest import Stack, StackFactory
+from tests.conftest import TOKEN_BINDINGS, Stack, StackFactory
 from tests.support.clock import ManualClock
 from tests.support.problems import assert_problem
+
+
+@pytest.fixture(params=TOKEN_BINDINGS)
+def token_binding(request: pytest.FixtureRequest) -> str:
+    """Every way a session ends holds with Bearer tokens and with DPoP-bound ones."""
+    return str(request.param)
 
 IDLE = 600
 LIFETIME = 3600
