@@ -120,6 +120,10 @@ class MyAccountClient:
         proof = key.proof(method, url, now=self._clock.now(), nonce=self.nonces.get(url), access_token=token.token)
         return {"authorization": "DPoP " + token.token, "dpop": proof}
 
+    def target(self, path: str, query: str) -> str:
+        """The request target a call of ``path`` and ``query`` sends upstream (for an offloaded call)."""
+        return self._forwarder.target(path, query)
+
     def call(
         self,
         session: LiveSession,
@@ -149,11 +153,11 @@ class MyAccountClient:
                         )
                     challenged = True
                     continue
-            if not _refused(upstream) or refused is not None:
+            if not _refused(upstream):
+                return upstream
+            if refused is not None:
                 break
             refused = token
-        if not _refused(upstream):
-            return upstream
         assert isinstance(upstream, UpstreamResponse)
         if upstream.status == 401:
             return RefusedTwice(insufficient_scope=False, scope=scope)

@@ -30,7 +30,7 @@ import requests
 from bff import Settings, create_app, logs
 from bff.errors import ProblemKind
 from bff.proxy import offload
-from bff.proxy.forward import REQUEST_HEADERS
+from bff.proxy.forward import REQUEST_HEADERS, Forwarder
 from bff.settings import ConfigError
 from bff.store import open_store
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, SECRET_KEY
@@ -543,7 +543,7 @@ def test_nginx_carries_every_header_the_bff_hands_it_through_the_internal_redire
     def bff(environ: dict[str, t.Any], start_response: t.Callable[..., t.Any]) -> list[bytes]:
         answers.append({key: value for key, value in environ.items() if key.startswith("HTTP_X_BFF")})
         credentials = {"authorization": "DPoP the-token", "dpop": "the-proof"}
-        handed = offload.handoff(settings_for(upstream.url), "/factors", "x=%2F", credentials)
+        handed = offload.handoff(Forwarder(settings_for(upstream.url)).target("/factors", "x=%2F"), credentials)
         assert handed is not None
         start_response("200 OK", list(handed.headers.items()))
         return [b""]
@@ -577,9 +577,9 @@ def settings_for(api_url: str, **changes: t.Any) -> Settings:
 
 
 def test_a_credential_header_nginx_does_not_send_keeps_the_call_with_the_bff() -> None:
-    settings = settings_for("https://localhost:1")
-    assert offload.handoff(settings, "/factors", "", {"authorization": "Bearer t", "x-other": "v"}) is None
-    handed = offload.handoff(settings, "/factors", "", {"authorization": "Bearer t"})
+    target = Forwarder(settings_for("https://localhost:1")).target("/factors", "")
+    assert offload.handoff(target, {"authorization": "Bearer t", "x-other": "v"}) is None
+    handed = offload.handoff(target, {"authorization": "Bearer t"})
     assert handed is not None and handed.headers[offload.TARGET_HEADER] == "/me/v1/factors"
 
 

@@ -158,7 +158,7 @@ class Forwarder:
         if scope is not None:
             outgoing["x-request-id"] = scope.request_id
         outgoing.update(credentials)
-        target = self._base_path + path + ("?" + query if query else "")
+        target = self.target(path, query)
         route = (scope.route if scope is not None else None) or access.UNMATCHED
         with tracing.span(f"My Account API {method}", client=True, **{"http.request.method": method,
                                                                       "http.route": route}) as span:
@@ -199,6 +199,10 @@ class Forwarder:
         nonce = response.headers.get("DPoP-Nonce")
         challenge = response.status == 401 and "use_dpop_nonce" in response.headers.get("WWW-Authenticate", "")
         return UpstreamResponse(response.status, passed, response.data, nonce, challenge)
+
+    def target(self, path: str, query: str) -> str:
+        """The request target sent upstream: the API's base path, then ``path`` and ``query`` as given."""
+        return self._base_path + path + ("?" + query if query else "")
 
     def url(self, path: str) -> str:
         """The absolute URL of ``path`` under the API base (a DPoP proof's ``htu``)."""

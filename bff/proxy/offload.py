@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hmac
 import typing as t
-from urllib.parse import urlsplit
 
 from flask import Request, Response
 
@@ -79,9 +78,10 @@ def verdict(request: Request, settings: Settings) -> Verdict:
     return "fallback" if FALLBACK_HEADER in request.headers else "hand-off"
 
 
-def handoff(settings: Settings, path: str, query: str, credentials: t.Mapping[str, str]) -> Response | None:
-    """The internal redirect that has nginx call ``path?query`` (under the API base) with ``credentials``;
-    ``None`` if a credential header is one nginx would not send (the BFF forwards that call itself)."""
+def handoff(target: str, credentials: t.Mapping[str, str]) -> Response | None:
+    """The internal redirect that has nginx send ``target`` (the upstream request target) with
+    ``credentials``; ``None`` if a credential header is one nginx would not send (the BFF forwards that
+    call itself)."""
     if not credentials.keys() <= UPSTREAM_HEADERS.keys():
         return None
     response = Response(status=200)
@@ -89,7 +89,7 @@ def handoff(settings: Settings, path: str, query: str, credentials: t.Mapping[st
     # Set-Cookie among them) on the response it then makes: this answer carries none.
     del response.headers["Content-Type"]
     response.headers["X-Accel-Redirect"] = INTERNAL_LOCATION
-    response.headers[TARGET_HEADER] = urlsplit(settings.my_account_url).path + path + ("?" + query if query else "")
+    response.headers[TARGET_HEADER] = target
     for name, value in credentials.items():
         response.headers[UPSTREAM_HEADERS[name]] = value
     return response

@@ -134,7 +134,7 @@ def _hand_off(session: BffSession, scope: str, method: str, path: str, query: st
         if token.ended_session:
             session.drop()
         raise call_problem(token, _return_to())
-    handed = offload.handoff(svc.settings, path, query, svc.myaccount.credentials(live, token, method, path))
+    handed = offload.handoff(svc.myaccount.target(path, query), svc.myaccount.credentials(live, token, method, path))
     if handed is not None:
         logs.bind(offload="nginx")
     return handed

@@ -19,6 +19,7 @@ remembered for the next call, so a steady state needs no retry.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import typing as t
@@ -199,7 +200,7 @@ class TokenClient:
             nonce = self.nonces.get(endpoint)
             proof = dpop.proof("POST", endpoint, now=self._clock.now(), nonce=nonce)
             headers = {**_FORM_HEADERS, "DPoP": proof}
-            result = self._call(lambda headers=headers: call(headers), session, endpoint)  # type: ignore[misc]
+            result = self._call(functools.partial(call, headers), session, endpoint)
             if not (
                 isinstance(result, TokenFailure)
                 and result.error == "use_dpop_nonce"
